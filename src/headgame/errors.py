@@ -8,7 +8,7 @@ fix. The CLI prints it as ``error: ...`` and exits with code 2 (no traceback unl
 from __future__ import annotations
 
 
-class HeadgameError(Exception):
+class HeadgameError(ValueError):
     """A problem with the user's input or environment, with a one-line fix-it message."""
 
     exit_code = 2

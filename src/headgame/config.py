@@ -1,0 +1,92 @@
+"""One dataclass config per command, validated on construction, saved beside every artefact."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from headgame.errors import HeadgameError
+
+
+def _positive(name: str, value: int, flag: str) -> None:
+    if not isinstance(value, int) or value <= 0:
+        raise HeadgameError(f"{flag} must be a positive integer, got {value!r}; pass e.g. {flag} {dict(seq_len=256, batch_size=4, max_tokens=16384).get(name, 1)}")
+
+
+@dataclass
+class AnalyzeConfig:
+    """Configuration of ``headgame analyze``."""
+
+    model: str = "smollm2-135m"
+    """Model spec: packaged name, .gguf file, local folder or hub id."""
+    data: str = "default"
+    """Text source: 'default' (packaged corpus), file, folder, JSONL, 'gutenberg', hf:NAME."""
+    text_field: str = "text"
+    """Field holding the text in JSON/JSONL records."""
+    data_dir: str | None = None
+    """Folder of the public benchmark files (else $HEADGAME_DATA_DIR)."""
+    max_tokens: int = 16384
+    """Token budget; the corpus is packed into max_tokens // seq_len blocks."""
+    seq_len: int = 256
+    """Tokens per block."""
+    batch_size: int = 4
+    """Blocks per forward/backward pass."""
+    layers: str = "all"
+    """Layers to analyse: all, 5, 0,3,7 or 10-19."""
+    out: str = "analysis-out"
+    """Output folder (analysis.json, config.yaml, PNGs, report.html)."""
+    redundancy: bool = True
+    """Also accumulate the z-scored head cross-correlations (spec game-lora §4.2)."""
+    heatmap_layers: str | None = None
+    """Layers drawn as G heatmaps (default: first, last, middle, max-Γ and min-Γ layers)."""
+    seed: int = 0
+    """Seed for masked-LM masking and coalition clustering."""
+    dtype: str = "float32"
+    """Model dtype: float32, bfloat16 or float16 (statistics always accumulate in float64)."""
+    trust_remote_code: bool = False
+    """Allow custom modelling code from a hub repository (off unless asked)."""
+    checkpoint_every: int = 8
+    """Save the accumulators every N batches (0 = never); --resume continues from them."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Free-form notes recorded with the config."""
+
+    def __post_init__(self) -> None:
+        _positive("max_tokens", self.max_tokens, "--max-tokens")
+        _positive("seq_len", self.seq_len, "--seq-len")
+        _positive("batch_size", self.batch_size, "--batch-size")
+        if self.seq_len < 2:
+            raise HeadgameError("--seq-len must be at least 2 (next-token prediction needs two tokens); pass e.g. --seq-len 256")
+        if self.checkpoint_every < 0:
+            raise HeadgameError(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}; use 0 to disable checkpoints")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise HeadgameError(f"--dtype {self.dtype} is not supported; use float32, bfloat16 or float16")
+
+    # ----------------------------------------------------------------- round trip
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "AnalyzeConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise HeadgameError(f"unknown config field(s) {', '.join(unknown)}; valid fields: {', '.join(sorted(known))}")
+        return cls(**data)
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "AnalyzeConfig":
+        import yaml
+
+        return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {})
+
+    def run_identity(self) -> dict[str, Any]:
+        """Fields that must match for --resume to continue a run (not output/bookkeeping)."""
+        skip = {"out", "checkpoint_every", "extra", "heatmap_layers"}
+        return {k: v for k, v in self.to_dict().items() if k not in skip}
