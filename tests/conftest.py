@@ -1,4 +1,7 @@
-"""Shared fixtures: tiny random models (no download) and an isolated cache directory."""
+"""Shared fixtures: tiny random models (no download).
+
+The model cache ($HEADGAME_CACHE, default ~/.cache/headgame) is the user's own, so the
+integration tests reuse the de-quantised SmolLM2 instead of converting it every session."""
 
 from __future__ import annotations
 
@@ -10,15 +13,6 @@ import torch
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 TINY = ("tiny-llama", "tiny-qwen2", "tiny-gpt2", "tiny-bert")
-
-
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Each test writes caches under a temp folder, never the user's ~/.cache. The real model
-    cache is shared read-only through HEADGAME_REAL_CACHE for the integration tests."""
-    if "HEADGAME_CACHE" not in os.environ:
-        monkeypatch.setenv("HEADGAME_CACHE", str(tmp_path_factory.getbasetemp() / "hg-cache"))
-    yield
 
 
 @pytest.fixture(params=TINY)

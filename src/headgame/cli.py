@@ -81,6 +81,46 @@ def _run_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="rebuild the PNG figures and report.html from an existing analysis.json",
+        description="Re-render the figures and the self-contained report.html of an analyze run.",
+    )
+    p.add_argument("analysis", help="path to analysis.json")
+    p.add_argument("--out", default=None, help="output folder (default: the folder of analysis.json)")
+    p.add_argument("--heatmap-layers", default=None, help="comma-separated layers drawn as G heatmaps")
+    p.set_defaults(func=_run_report)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from headgame.report import print_summary, write_report
+
+    src = Path(args.analysis)
+    try:
+        analysis = json.loads(src.read_text())
+    except FileNotFoundError:
+        raise HeadgameError(f"{src} not found; pass the analysis.json written by headgame analyze") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HeadgameError(f"{src} is not valid JSON ({exc}); pass the analysis.json written by headgame analyze") from None
+    if not isinstance(analysis, dict) or not analysis.get("layers"):
+        raise HeadgameError(f"{src} holds no per-layer results; pass the analysis.json written by headgame analyze")
+    heat = None
+    if args.heatmap_layers:
+        try:
+            heat = [int(x) for x in args.heatmap_layers.split(",") if x.strip()]
+        except ValueError:
+            raise HeadgameError(f"--heatmap-layers '{args.heatmap_layers}' is not a comma-separated list of layers; e.g. 0,5,29") from None
+    out = Path(args.out) if args.out else src.parent
+    paths = write_report(analysis, out, heatmap_layers=heat)
+    print_summary(analysis)
+    print(f"wrote {paths['report']}")
+    return 0
+
+
 def _add_models(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list the packaged models and whether they are installed")
     p.set_defaults(func=_run_models)
@@ -107,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_analyze(sub)
+    _add_report(sub)
     _add_models(sub)
     return parser
 

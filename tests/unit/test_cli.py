@@ -197,3 +197,18 @@ def test_debug_shows_traceback(tmp_path, corpus):
 def test_models_command(capsys):
     code, out, _ = run(["models"], capsys)
     assert code == 0 and "smollm2-135m" in out and "minilm-l6" in out
+
+
+def test_report_rebuilds_from_analysis_json(tmp_path, corpus, capsys):
+    out = tmp_path / "o"
+    assert run(analyze_args(corpus, out), capsys)[0] == 0
+    (out / "report.html").unlink()
+    code, stdout, err = run(["report", str(out / "analysis.json"), "--out", str(tmp_path / "r"), "--heatmap-layers", "1"], capsys)
+    assert code == 0, err
+    assert "data:image/png;base64," in (tmp_path / "r" / "report.html").read_text()
+    code, _, err = run(["report", str(tmp_path / "missing.json")], capsys)
+    _one_line_error(code, err, "not found")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    code, _, err = run(["report", str(bad)], capsys)
+    _one_line_error(code, err, "not valid JSON")

@@ -37,6 +37,8 @@ def file_sha256(path: str | os.PathLike) -> str:
         while chunk := fh.read(_CHUNK):
             h.update(chunk)
     digest = h.hexdigest()
+    # keep the memo small: forget entries whose file is gone (e.g. temporary test folders)
+    memo = {k: v for k, v in memo.items() if Path(k.split("|", 1)[0]).exists()}
     memo[key] = digest
     try:
         from headgame.io import write_json_atomic

@@ -152,8 +152,8 @@ def summary_table(analysis: Mapping[str, Any], max_rows: int = 40) -> Table:
     """A compact per-layer rich table: layer, Γ, Γ_norm, k, Mann–Whitney p, redundancy.
 
     All layers are shown when there are at most ``max_rows``; otherwise the first and last
-    few with one "…" row between them, ``max_rows`` rows in all. The caption gives mean Γ and
-    the max / min layers; the max-Γ row is bold.
+    few with one "…" row between them, ``max_rows`` rows in all. The max-Γ row is bold;
+    :func:`print_summary` adds a footer line with mean Γ and the max / min layers.
     """
     from rich.table import Table
 
@@ -168,7 +168,9 @@ def summary_table(analysis: Mapping[str, Any], max_rows: int = 40) -> Table:
     if isinstance(n_tokens, (int, float)):
         title += f" · {int(n_tokens):,} tokens"
 
-    table = Table(title=title, caption=gamma_footer(stats), header_style="bold")
+    # the footer is printed below the table by print_summary: a caption would wrap to the
+    # table's narrow width
+    table = Table(title=title, header_style="bold")
     table.add_column("layer", justify="right")
     table.add_column("Γ", justify="right")
     table.add_column("Γ_norm", justify="right")
@@ -203,3 +205,4 @@ def print_summary(analysis: Mapping[str, Any], console: Console | None = None) -
 
         console = Console()
     console.print(summary_table(analysis))
+    console.print(gamma_footer(gamma_stats(layer_rows(analysis))))
