@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import sys
+import importlib
 from collections.abc import Sequence
 
 from headgame import __version__
@@ -138,6 +139,12 @@ def _run_models(args: argparse.Namespace) -> int:
     return 0
 
 
+# Subcommands that live in their own package: each module exposes ``register(subparsers)``,
+# which adds its parser and sets ``func`` (a callable taking the parsed args, returning an exit
+# code). One entry per module.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="headgame",
@@ -149,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_analyze(sub)
     _add_report(sub)
     _add_models(sub)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
     return parser
 
 
