@@ -85,7 +85,12 @@ def _split_pieces(text: str, piece_chars: int = PIECE_CHARS) -> Iterator[str]:
 
 
 def _encode(tokenizer: Any, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    # Documents are longer than the model's context by design (they are cut into blocks), so
+    # transformers' "sequence length is longer than the maximum" warning is noise here.
+    try:
+        return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+    except TypeError:  # a minimal tokenizer without the verbose flag
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def pack_blocks(

@@ -78,6 +78,8 @@ class HeadTap:
         self.on_grad = on_grad
         self.keep_graph = keep_graph
         self.mask: torch.Tensor | None = None  # [B, T]; 1 = real token
+        # switch off to run a backward pass (e.g. of a regulariser) without recording gradients
+        self.capture_grads = True
         self.outputs: dict[int, torch.Tensor] = {}
         self.grads: dict[int, torch.Tensor] = {}
         self.argmax: dict[int, torch.Tensor] = {}
@@ -173,12 +175,18 @@ class HeadTap:
                 self.outputs[layer] = heads
             if self.on_output is not None:
                 self.on_output(layer, self._valid(heads))
+            x_proj = x
+            if (self.keep_grads or self.on_grad is not None) and x.requires_grad:
+                if self.keep_graph:
+                    # The projection reads an alias, so the hook sees only the gradient that
+                    # arrives through the output projection (the LM loss), not that of a
+                    # regulariser reading self.inputs[layer] directly (spec game-lora §3.2).
+                    x_proj = x.view_as(x)
+                x_proj.register_hook(self._make_grad_hook(layer, bsz, seq))
             if self.keep_graph:
                 self.inputs[layer] = x
-            if (self.keep_grads or self.on_grad is not None) and x.requires_grad:
-                x.register_hook(self._make_grad_hook(layer, bsz, seq))
-            if gate is not None:
-                return (x, *args[1:])
+            if x_proj is not args[0]:
+                return (x_proj, *args[1:])
             return None
 
         return pre_hook
@@ -187,6 +195,8 @@ class HeadTap:
         n_heads, head_dim = self.layout.n_heads, self.layout.head_dim
 
         def grad_hook(grad: torch.Tensor) -> None:
+            if not self.capture_grads:
+                return None
             g = grad.detach().view(bsz, seq, n_heads, head_dim)  # [B, T, H*dh] -> [B, T, H, dh]
             if self.keep_grads:
                 self.grads[layer] = g

@@ -1,0 +1,78 @@
+"""LoRA set-up with peft and the parameter groups the GAME-LoRA gradients reach."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from headgame.errors import HeadgameError
+from headgame.models.layout import HeadLayout
+
+# q/k/v/o projections of every attention layer (spec §5 "Q, K, V, O projections (all layers)")
+TARGETS = {
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    # GPT-2 fuses q/k/v in c_attn; its MLP also has a c_proj, so match the attention's only
+    "gpt2": r".*\.attn\.(c_attn|c_proj)$",
+}
+
+
+def add_lora(model: nn.Module, layout: HeadLayout, *, r: int, alpha: float, dropout: float, seed: int) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    if layout.family not in TARGETS:
+        raise HeadgameError(
+            f"headgame train supports causal language models (Llama family, GPT-2); {layout.architecture} is a "
+            f"{layout.family}-family encoder; pick a causal model"
+        )
+    torch.manual_seed(seed)  # LoRA A is initialised randomly; make it reproducible
+    config = LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none", task_type="CAUSAL_LM",
+        target_modules=TARGETS[layout.family], fan_in_fan_out=layout.family == "gpt2",
+    )
+    return get_peft_model(model, config)
+
+
+@dataclass
+class ParamGroups:
+    """Trainable (LoRA) parameters, in one fixed order, and the subsets each loss reaches."""
+
+    params: list[nn.Parameter]
+    names: list[str]
+    by_layer: dict[int, list[int]]  # layer -> indices into params
+    o_proj: dict[int, list[int]]  # layer -> indices of that layer's o_proj adapter
+
+    @property
+    def n_elements(self) -> int:
+        return sum(p.numel() for p in self.params)
+
+    def ldb_indices(self, layers: list[int]) -> list[int]:
+        """L_LDB depends on W_O^(i) only: the o_proj adapters of its layers (spec §4.1)."""
+        return sorted({i for l in layers for i in self.o_proj[l]})
+
+    def abt_indices(self, layers: list[int]) -> list[int]:
+        """L_ABT reads the o_proj *input* of its layers: every adapter below the highest of them
+        and the q/k/v adapters of that layer (its o_proj adapter is not reached)."""
+        top = max(layers)
+        below = [i for l in range(top) for i in self.by_layer[l]]
+        own = [i for i in self.by_layer[top] if i not in set(self.o_proj[top])]
+        return sorted(set(below + own))
+
+
+def param_groups(model: nn.Module, layout: HeadLayout) -> ParamGroups:
+    index_of: dict[int, int] = {}
+    params, names = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            index_of[id(p)] = len(params)
+            params.append(p)
+            names.append(name)
+    if not params:
+        raise HeadgameError("the model has no trainable parameters after adding LoRA; check the target modules")
+    by_layer: dict[int, list[int]] = {}
+    o_proj: dict[int, list[int]] = {}
+    for l, block in enumerate(layout.blocks(model)):
+        by_layer[l] = [index_of[id(p)] for p in block.parameters() if id(p) in index_of]
+        o_proj[l] = [index_of[id(p)] for p in layout.o_proj(model, l).parameters() if id(p) in index_of]
+    return ParamGroups(params, names, by_layer, o_proj)
