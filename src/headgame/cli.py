@@ -22,6 +22,9 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import transformers
 
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation chatter
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     logging.getLogger("transformers").setLevel(logging.ERROR)
@@ -143,7 +146,7 @@ def _run_models(args: argparse.Namespace) -> int:
 # Subcommands that live in their own package: each module exposes ``register(subparsers)``,
 # which adds its parser and sets ``func`` (a callable taking the parsed args, returning an exit
 # code). One entry per module.
-COMMAND_MODULES: tuple[str, ...] = ("headgame.train.command",)
+COMMAND_MODULES: tuple[str, ...] = ("headgame.train.command", "headgame.evaluate.command", "headgame.fep.command")
 
 
 def build_parser() -> argparse.ArgumentParser:

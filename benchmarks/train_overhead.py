@@ -1,0 +1,107 @@
+"""Step time of GAME-LoRA (Nash-MTL and sum arbitration) against plain CE LoRA.
+
+Three trainers on the same model, data and batch take optimizer steps in turn (interleaved, so
+machine noise hits all alike); the first steps are warm-up, the median of the rest is compared.
+The λ schedule is in its constant phase for every timed step (p ≥ 0.02), so all three
+GAME-LoRA tasks are active.
+
+Writes benchmarks/results/train_overhead.json (ratio_nash_mtl, ratio_sum over ce, tokens/s,
+peak memory, device). Run: .venv/bin/python benchmarks/train_overhead.py [--device-note ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from headgame.analyze import package_versions
+from headgame.train.config import TrainConfig
+from headgame.train.loop import Trainer
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps per variant (steps 0-1: λ still ramping)")
+    ap.add_argument("--repeats", type=int, default=6, help="timed steps per variant (median)")
+    ap.add_argument("--mixed-precision", default="no")
+    ap.add_argument("--out", default=str(RESULTS / "train_overhead.json"))
+    args = ap.parse_args()
+
+    steps = args.warmup + args.repeats
+    # size the corpus for 100 optimizer steps so the timed ones sit at p >= 0.02 (phase 2)
+    max_tokens = int(100 * args.batch_size * args.seq_len / 0.95) + args.seq_len
+    common = dict(model=args.model, max_tokens=max_tokens, seq_len=args.seq_len, batch_size=args.batch_size,
+                  val_every=0, checkpoint_every=0, mixed_precision=args.mixed_precision)
+    variants = {
+        "ce": TrainConfig(method="ce", out="/tmp/hg-bench-ce", **common),
+        "game_lora_nash_mtl": TrainConfig(method="game-lora", arbitration="nash_mtl", out="/tmp/hg-bench-nash", **common),
+        "game_lora_sum": TrainConfig(method="game-lora", arbitration="sum", out="/tmp/hg-bench-sum", **common),
+    }
+    trainers = {k: Trainer(cfg, progress=False).setup() for k, cfg in variants.items()}
+    times: dict[str, list[float]] = {k: [] for k in trainers}
+    for i in range(steps):
+        for name, tr in trainers.items():
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            rec = tr.train_step()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - t0
+            if i >= args.warmup:
+                times[name].append(dt)
+            print(f"step {i} {name}: {dt:.2f}s tasks={list(rec.get('nash_alpha', {}))}", flush=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    tokens = args.batch_size * args.seq_len
+    first = next(iter(trainers.values()))
+    result = {
+        "benchmark": "train_overhead",
+        "model": args.model,
+        "batch": [args.batch_size, args.seq_len],
+        "design_layer": first.design,
+        "trainable_parameters": first.groups.n_elements,
+        "repeats": args.repeats,
+        "median_seconds": med,
+        "all_seconds": times,
+        "ratio_nash_mtl": med["game_lora_nash_mtl"] / med["ce"],
+        "ratio_sum": med["game_lora_sum"] / med["ce"],
+        "tokens_per_s": {k: tokens / v for k, v in med.items()},
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "device": _device(),
+        "mixed_precision": args.mixed_precision,
+        "target": "ratio_nash_mtl <= 1.10",
+        "versions": package_versions(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    if torch.cuda.is_available():
+        result["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps({k: result[k] for k in ("ratio_nash_mtl", "ratio_sum", "tokens_per_s", "device")}, indent=1))
+
+
+def _device() -> str:
+    if torch.cuda.is_available():
+        return f"cuda: {torch.cuda.get_device_name(0)}"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"cpu: {line.split(':', 1)[1].strip()}, {torch.get_num_threads()} threads"
+    except OSError:
+        pass
+    return "cpu"
+
+
+if __name__ == "__main__":
+    main()
