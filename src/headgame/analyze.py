@@ -150,6 +150,29 @@ def analyse_layer(*, layer: int, w_o: torch.Tensor, gram: GradientGram, moments:
     return res
 
 
+def attach_adapter(loaded, adapter: str, *, merge: bool = False):
+    """Put a peft adapter (e.g. from headgame train) on the loaded base model."""
+    from headgame.models.hashing import files_sha256
+    from headgame.models.layout import HeadLayout
+    from headgame.models.load import LoadedModel
+
+    path = Path(adapter)
+    if not (path / "adapter_config.json").exists():
+        raise HeadgameError(f"{path} is not a peft adapter folder (no adapter_config.json); pass the adapter/ folder written by headgame train")
+    from peft import PeftModel
+
+    try:
+        model = PeftModel.from_pretrained(loaded.model, str(path))
+    except (RuntimeError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0][:160]
+        raise HeadgameError(f"adapter {path} does not fit model {loaded.info.get('spec')} ({first}); pass the base model it was trained on") from None
+    if merge:
+        model = model.merge_and_unload()
+    model.eval()
+    info = {**loaded.info, "adapter_hash": "sha256:" + files_sha256(sorted(path.glob("*.safetensors")))}
+    return LoadedModel(model, loaded.tokenizer, HeadLayout.from_model(model), info)
+
+
 def summarise(layers: list[dict[str, Any]]) -> dict[str, Any]:
     gammas = [l["gamma"] for l in layers]
     i_max = max(range(len(gammas)), key=gammas.__getitem__)
@@ -216,13 +239,15 @@ def run_analysis(
     on_batch: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Run ``headgame analyze`` end to end; returns the analysis dict also written to JSON."""
-    from headgame.data import iter_batches, iter_texts, pack_blocks
+    from headgame.data import iter_batches, load_blocks
     from headgame.models.load import load_model
 
     out = Path(cfg.out)
     check_writable(out)
     t_start = time.perf_counter()
     loaded = load_model(cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+    if cfg.adapter:
+        loaded = attach_adapter(loaded, cfg.adapter, merge=cfg.merge_adapter)
     model, tok, layout = loaded
     if layout.max_positions and cfg.seq_len > layout.max_positions:
         raise HeadgameError(
@@ -230,13 +255,8 @@ def run_analysis(
             f"use --seq-len {layout.max_positions} or less"
         )
     layers = layout.parse_layers(cfg.layers)
-    texts = iter_texts(cfg.data, text_field=cfg.text_field, data_dir=cfg.data_dir)
-    wrap = None if layout.causal else (tok.cls_token_id, tok.sep_token_id)
-    blocks = pack_blocks(
-        texts, tok, seq_len=cfg.seq_len, max_tokens=cfg.max_tokens,
-        eos_id=tok.eos_token_id if layout.causal else None, source_name=cfg.data,
-        wrap_cls_sep=wrap if wrap and None not in wrap else None,
-    )
+    blocks = load_blocks(cfg.data, tok, seq_len=cfg.seq_len, max_tokens=cfg.max_tokens, text_field=cfg.text_field,
+                         data_dir=cfg.data_dir, encoder=not layout.causal)
     objective = Objective(model, layout, tok, seed=cfg.seed)
     n_batches = math.ceil(blocks.input_ids.shape[0] / cfg.batch_size)
     collector = CouplingCollector(model, layout, objective, layers, redundancy=cfg.redundancy)
@@ -274,7 +294,9 @@ def run_analysis(
         "config": cfg.to_dict(),
         "versions": package_versions(),
         "model": {"spec": cfg.model, **layout.describe(), "objective": objective.name,
-                  "hash": model_hash, "source": loaded.info.get("source")},
+                  "hash": model_hash, "source": loaded.info.get("source"),
+                  **({"adapter": cfg.adapter, "adapter_hash": loaded.info.get("adapter_hash"),
+                      "adapter_merged": cfg.merge_adapter} if cfg.adapter else {})},
         "data": {"source": cfg.data, "n_blocks": int(blocks.input_ids.shape[0]), "n_tokens": blocks.n_tokens,
                  "seq_len": cfg.seq_len, "n_documents": blocks.n_documents,
                  "mean_loss": collector.loss_sum / max(collector.n_targets, 1)},

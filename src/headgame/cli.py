@@ -60,6 +60,10 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trust-remote-code", action="store_true", help="allow custom modelling code from a hub repository")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="save accumulators every N batches (0 = never)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out from its last checkpoint")
+    p.add_argument("--adapter", default=None, help="a peft adapter folder (e.g. headgame train's OUT/adapter) applied to --model")
+    p.add_argument("--merge-adapter", action="store_true", help="merge --adapter into the weights before analysing")
+    p.add_argument("--compare", nargs=2, metavar=("BEFORE.json", "AFTER.json"), default=None,
+                   help="compare two analyses instead: ΔG, ΔΓ and the selective-coordination test; writes compare.json/.html to --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_analyze)
 
@@ -71,11 +75,19 @@ def _run_analyze(args: argparse.Namespace) -> int:
     from headgame.config import AnalyzeConfig
     from headgame.report import print_summary
 
+    if args.compare:
+        from headgame.compare import print_compare, run_compare
+
+        result = run_compare(args.compare[0], args.compare[1], args.out)
+        print_compare(result)
+        print(f"wrote {os.path.join(os.path.abspath(args.out), 'compare.html')}")
+        return 0
     cfg = AnalyzeConfig(
         model=args.model, data=args.data, text_field=args.text_field, data_dir=args.data_dir,
         max_tokens=args.max_tokens, seq_len=args.seq_len, batch_size=args.batch_size, layers=args.layers,
         out=args.out, redundancy=not args.no_redundancy, heatmap_layers=args.heatmap_layers, seed=args.seed,
         dtype=args.dtype, trust_remote_code=args.trust_remote_code, checkpoint_every=args.checkpoint_every,
+        adapter=args.adapter, merge_adapter=args.merge_adapter,
     )
     console = Console(stderr=True)
     analysis = run_analysis(cfg, resume=args.resume, progress=not args.no_progress, console=console)
@@ -146,7 +158,7 @@ def _run_models(args: argparse.Namespace) -> int:
 # Subcommands that live in their own package: each module exposes ``register(subparsers)``,
 # which adds its parser and sets ``func`` (a callable taking the parsed args, returning an exit
 # code). One entry per module.
-COMMAND_MODULES: tuple[str, ...] = ("headgame.train.command", "headgame.evaluate.command", "headgame.fep.command")
+COMMAND_MODULES: tuple[str, ...] = ("headgame.train.command", "headgame.evaluate.command", "headgame.fep.command", "headgame.prune.command")
 
 
 def build_parser() -> argparse.ArgumentParser:

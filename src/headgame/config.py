@@ -49,6 +49,10 @@ class AnalyzeConfig:
     """Allow custom modelling code from a hub repository (off unless asked)."""
     checkpoint_every: int = 8
     """Save the accumulators every N batches (0 = never); --resume continues from them."""
+    adapter: str | None = None
+    """A peft adapter folder (e.g. from headgame train) applied to the model."""
+    merge_adapter: bool = False
+    """Merge the adapter into the weights before analysing."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form notes recorded with the config."""
 
