@@ -15,8 +15,41 @@ def _positive(name: str, value: int, flag: str) -> None:
         raise HeadgameError(f"{flag} must be a positive integer, got {value!r}; pass e.g. {flag} {dict(seq_len=256, batch_size=4, max_tokens=16384).get(name, 1)}")
 
 
+class ConfigMixin:
+    """YAML/dict round trip and run identity for the dataclass configs of every command."""
+
+    NOT_IDENTITY: frozenset[str] = frozenset()
+    """Bookkeeping fields that may change between a run and its --resume."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise HeadgameError(f"unknown config field(s) {', '.join(unknown)}; valid fields: {', '.join(sorted(known))}")
+        return cls(**data)
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path):
+        import yaml
+
+        return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {})
+
+    def run_identity(self) -> dict[str, Any]:
+        """Fields that must match for --resume to continue a run exactly."""
+        return {k: v for k, v in self.to_dict().items() if k not in self.NOT_IDENTITY}
+
+
 @dataclass
-class AnalyzeConfig:
+class AnalyzeConfig(ConfigMixin):
     """Configuration of ``headgame analyze``."""
 
     model: str = "smollm2-135m"
@@ -67,30 +100,4 @@ class AnalyzeConfig:
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise HeadgameError(f"--dtype {self.dtype} is not supported; use float32, bfloat16 or float16")
 
-    # ----------------------------------------------------------------- round trip
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "AnalyzeConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise HeadgameError(f"unknown config field(s) {', '.join(unknown)}; valid fields: {', '.join(sorted(known))}")
-        return cls(**data)
-
-    def to_yaml(self) -> str:
-        import yaml
-
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> "AnalyzeConfig":
-        import yaml
-
-        return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {})
-
-    def run_identity(self) -> dict[str, Any]:
-        """Fields that must match for --resume to continue a run (not output/bookkeeping)."""
-        skip = {"out", "checkpoint_every", "extra", "heatmap_layers"}
-        return {k: v for k, v in self.to_dict().items() if k not in skip}
+    NOT_IDENTITY = frozenset({"out", "checkpoint_every", "extra", "heatmap_layers"})

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
+from headgame.config import ConfigMixin
 from headgame.errors import HeadgameError
 from headgame.game.losses import PairWeighting
 from headgame.game.schedule import Schedule
@@ -33,7 +32,7 @@ def _layer_list(value: Any) -> list[int] | None:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ConfigMixin):
     """Configuration of ``headgame train``; every field is a CLI flag of the same name."""
 
     # --- model, data, output
@@ -147,33 +146,7 @@ class TrainConfig:
                 flags = ", ".join("--" + k.replace("_", "-") for k in changed)
                 raise HeadgameError(f"{flags} only apply to --method game-lora (got --method {self.method}); drop them or switch method")
 
-    # ----------------------------------------------------------------- round trip
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise HeadgameError(f"unknown config field(s) {', '.join(unknown)}; valid fields: {', '.join(sorted(known))}")
-        return cls(**data)
-
-    def to_yaml(self) -> str:
-        import yaml
-
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> "TrainConfig":
-        import yaml
-
-        return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {})
-
-    def run_identity(self) -> dict[str, Any]:
-        """Fields that must match for --resume to continue a run exactly."""
-        skip = {"out", "checkpoint_every", "keep_checkpoints", "merge", "tensorboard", "extra", "val_every"}
-        return {k: v for k, v in self.to_dict().items() if k not in skip}
+    NOT_IDENTITY = frozenset({"out", "checkpoint_every", "keep_checkpoints", "merge", "tensorboard", "extra", "val_every"})
 
 
 def default_design_layer(n_layers: int) -> int:
