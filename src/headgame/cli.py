@@ -110,20 +110,13 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
+    from headgame.io import read_analysis
     from headgame.report import print_summary, write_report
 
     src = Path(args.analysis)
-    try:
-        analysis = json.loads(src.read_text())
-    except FileNotFoundError:
-        raise HeadgameError(f"{src} not found; pass the analysis.json written by headgame analyze") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise HeadgameError(f"{src} is not valid JSON ({exc}); pass the analysis.json written by headgame analyze") from None
-    if not isinstance(analysis, dict) or not analysis.get("layers"):
-        raise HeadgameError(f"{src} holds no per-layer results; pass the analysis.json written by headgame analyze")
+    analysis = read_analysis(src)
     heat = None
     if args.heatmap_layers:
         try:

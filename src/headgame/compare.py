@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,20 +16,7 @@ import numpy as np
 
 from headgame.errors import HeadgameError
 from headgame.game.coalitions import selective_coordination_change
-from headgame.io import write_bytes_atomic, write_json_atomic, write_text_atomic
-
-
-def _load(path: str) -> dict[str, Any]:
-    p = Path(path)
-    try:
-        data = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise HeadgameError(f"{p} not found; pass two analysis.json files written by headgame analyze") from None
-    except ValueError as exc:
-        raise HeadgameError(f"{p} is not valid JSON ({exc}); pass an analysis.json written by headgame analyze") from None
-    if not isinstance(data, dict) or not data.get("layers"):
-        raise HeadgameError(f"{p} holds no per-layer results; pass an analysis.json written by headgame analyze")
-    return data
+from headgame.io import read_analysis, write_bytes_atomic, write_json_atomic, write_text_atomic
 
 
 def compare_analyses(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
@@ -71,7 +57,7 @@ def compare_analyses(before: dict[str, Any], after: dict[str, Any]) -> dict[str,
 def run_compare(before_path: str, after_path: str, out: str | Path) -> dict[str, Any]:
     from headgame.report.plots import choose_heatmap_layers, plot_matrix_delta
 
-    before, after = _load(before_path), _load(after_path)
+    before, after = read_analysis(before_path), read_analysis(after_path)
     result = compare_analyses(before, after)
     result["inputs"] = {"before": str(before_path), "after": str(after_path)}
     out = Path(out)

@@ -62,6 +62,22 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 1)
     return write_text_atomic(path, text + "\n")
 
 
+def read_analysis(path: str | os.PathLike) -> dict[str, Any]:
+    """Read an ``analysis.json`` of headgame analyze, with one-line errors for bad files."""
+    from headgame.errors import HeadgameError
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise HeadgameError(f"{path} not found; pass an analysis.json written by headgame analyze") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HeadgameError(f"{path} is not valid JSON ({exc}); pass an analysis.json written by headgame analyze") from None
+    if not isinstance(data, dict) or not data.get("layers"):
+        raise HeadgameError(f"{path} holds no per-layer results; pass an analysis.json written by headgame analyze")
+    return data
+
+
 class AtomicDir:
     """Context manager giving a temporary sibling folder that is renamed to ``path`` on success.
 
