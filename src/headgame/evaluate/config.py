@@ -1,0 +1,118 @@
+"""The configuration of ``headgame eval``: one dataclass, validated with fix-it messages."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from headgame.errors import HeadgameError
+
+_DEFAULTS = {"n_items": 1024, "batch_tokens": 2048, "gen_batch": 16}
+
+
+@dataclass
+class EvalConfig:
+    """Configuration of ``headgame eval`` (saved beside every eval.json)."""
+
+    model: str = "smollm2-135m"
+    """Model spec: packaged name, .gguf file, local folder (also a pruned model), hub id, tiny-*."""
+    adapter: str | None = None
+    """A peft adapter folder (adapter_config.json + weights) applied to the model."""
+    merge: bool = False
+    """Merge the adapter into the weights before evaluating (else it runs unmerged)."""
+    tasks: str = "all"
+    """Comma-separated task names, or 'all'."""
+    limit: int | None = None
+    """Evaluate at most this many items per task (a prefix of the seeded draw)."""
+    n_items: int = 1024
+    """Items per task drawn with the seed (spec game-lora §6.1: N = 1024)."""
+    seed: int = 42
+    """Seed of the item draw, HaluEval's right/hallucinated choice and the few-shot pick."""
+    data_dir: str | None = None
+    """Folder of the public benchmark files (else $HEADGAME_DATA_DIR)."""
+    decoding: str = "greedy"
+    """Decoding method: greedy, cad, dola or actdec (spec game-lora §7)."""
+    cad_alpha: float = 0.5
+    """CAD's contrast weight α."""
+    dola_layers: str = "low"
+    """DoLa's candidate premature layers: low, high or a list of hidden-state indices."""
+    relative_top: float = 0.1
+    """Adaptive plausibility threshold of DoLa and ActDec (0 disables)."""
+    actdec_alpha: float = 0.5
+    """ActDec's entropy weight α."""
+    actdec_layer: int | None = None
+    """ActDec's info layer (hidden-state index; default round(0.8125 · n_layers))."""
+    mmlu_shots: int = 5
+    """MMLU few-shot examples from the dev split (0 for zero-shot)."""
+    truthfulqa_version: str = "v0"
+    """TruthfulQA files: v0 (default, lm-eval's), v1 or 2025."""
+    max_length: int | None = None
+    """Longest model input in tokens (default: the model's maximum, at most 2048)."""
+    batch_tokens: int = 2048
+    """Token budget of one scoring batch."""
+    gen_batch: int = 16
+    """Prompts generated together."""
+    max_new_tokens: int | None = None
+    """Override of the generation budget of every generation task."""
+    chat_template: bool = False
+    """Wrap prompts in the model's chat template (default: plain prompts, as for base models)."""
+    dtype: str = "float32"
+    """Model dtype: float32, bfloat16 or float16."""
+    out: str = "eval-out"
+    """Output folder (eval.json, config.yaml)."""
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and (not isinstance(self.limit, int) or self.limit <= 0):
+            raise HeadgameError(f"--limit must be a positive number of items, got {self.limit}; pass e.g. --limit 50, or leave it out for N = {self.n_items}")
+        for name, flag in (("n_items", "--n-items"), ("batch_tokens", "--batch-tokens"), ("gen_batch", "--gen-batch")):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise HeadgameError(f"{flag} must be a positive integer, got {value!r}; pass e.g. {flag} {_DEFAULTS[name]}")
+        if self.max_length is not None and self.max_length < 8:
+            raise HeadgameError(f"--max-length {self.max_length} is too short; pass at least 8 tokens (default: the model's maximum, at most 2048)")
+        if self.max_new_tokens is not None and self.max_new_tokens <= 0:
+            raise HeadgameError(f"--max-new-tokens must be positive, got {self.max_new_tokens}; pass e.g. --max-new-tokens 32")
+        if self.mmlu_shots < 0 or self.mmlu_shots > 5:
+            raise HeadgameError(f"--mmlu-shots must be 0..5 (the dev split has five questions per subject), got {self.mmlu_shots}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise HeadgameError(f"--dtype {self.dtype} is not supported; use float32, bfloat16 or float16")
+        if self.merge and not self.adapter:
+            raise HeadgameError("--merge needs --adapter DIR; pass the adapter folder to merge")
+        if not 0 <= self.relative_top < 1:
+            raise HeadgameError(f"--relative-top must be in [0, 1), got {self.relative_top}; the papers use 0.1")
+
+    def task_names(self) -> list[str]:
+        from headgame.evaluate.tasks import TASKS
+
+        items = [t.strip() for t in self.tasks.split(",") if t.strip()]
+        if not items:
+            raise HeadgameError(f"--tasks is empty; pass 'all' or some of: {', '.join(TASKS.names())}")
+        if items == ["all"]:
+            return TASKS.names()
+        for name in items:
+            TASKS.get(name)  # raises with the valid names
+        return list(dict.fromkeys(items))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EvalConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise HeadgameError(f"unknown config field(s) {', '.join(unknown)}; valid fields: {', '.join(sorted(known))}")
+        return cls(**data)
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "EvalConfig":
+        import yaml
+
+        return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {})
