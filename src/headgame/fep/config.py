@@ -1,0 +1,132 @@
+"""Configuration of ``headgame fep``: one validated dataclass, saved beside the results."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from headgame.errors import HeadgameError
+
+TABLE_FORMATS = ("csv", "parquet")
+
+
+def positive_int(value: Any, flag: str, example: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise HeadgameError(f"{flag} must be a positive integer, got {value!r}; pass e.g. {flag} {example}")
+
+
+def nonneg_int(value: Any, flag: str, example: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise HeadgameError(f"{flag} must be a non-negative integer, got {value!r}; pass e.g. {flag} {example}")
+
+
+class ConfigMixin:
+    """Dict/YAML round trip shared by the fep and prune configs."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise HeadgameError(f"unknown config field(s) {', '.join(unknown)}; valid fields: {', '.join(sorted(known))}")
+        return cls(**data)
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path):
+        import yaml
+
+        return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {})
+
+
+@dataclass
+class FepConfig(ConfigMixin):
+    """Configuration of ``headgame fep`` (spec gt-fep §3)."""
+
+    model: str = "smollm2-135m"
+    """Model spec: packaged name, .gguf file, local folder or hub id."""
+    data: str = "auto"
+    """Text: 'gsm8k' (test problems, one sequence each), 'auto' (gsm8k when the data directory has it, else the packaged corpus), or any analyze source."""
+    text_field: str = "text"
+    """Field holding the text in JSON/JSONL records."""
+    data_dir: str | None = None
+    """Folder of the public data files (else $HEADGAME_DATA_DIR)."""
+    gsm8k_format: str = "qa"
+    """GSM8K text format: qa ("Question: …\\nAnswer: …"), answer or question (spec §2)."""
+    max_tokens: int = 16384
+    """Token budget: sequences are added until their non-pad tokens reach it."""
+    seq_len: int = 256
+    """Tokens per sequence (GSM8K problems are truncated to it; other sources are packed into blocks of it)."""
+    batch_size: int = 4
+    """Sequences per forward pass."""
+    layers: str = "all"
+    """Layers to analyse: all, 5, 0,3,7 or 10-19."""
+    alphabet: str = "absolute"
+    """Symbol of a head: absolute argmax key index, or relative offset q − k (spec §3.1)."""
+    miller_madow: bool = False
+    """Add the Miller–Madow correction (m − 1)/(2 n ln 2) to every entropy."""
+    bootstrap: int = 200
+    """Bootstrap resamples over sequences for the CIs of pair/triple dividends (0 = none)."""
+    full_max_heads: int = 12
+    """Compute all 2^H subset dividends for layers with at most this many heads."""
+    beta: float = 1.0
+    """Precision β (bits⁻¹) of the Gibbs distributions (spec §3.6)."""
+    mcmc_steps: int = 20000
+    """Metropolis steps over coalition structures per layer (0 = skip)."""
+    mcmc_burn_in: int = 2000
+    """Discarded initial steps of the chain."""
+    fraction: float = 0.2
+    """Share of heads a hypothetical fep pruning removes, for the ε-Nash report (spec §3.8)."""
+    per_layer: bool = False
+    """Rank within each layer instead of globally for the ε-Nash report."""
+    ablation_tokens: int = 256
+    """Tokens for the per-head ablation ΔNLL behind the Spearman check (0 = skip)."""
+    table_format: str = "csv"
+    """Dividends table format: csv or parquet (needs pyarrow)."""
+    out: str = "fep-out"
+    """Output folder."""
+    seed: int = 0
+    """Seed for sampling GSM8K problems, the bootstrap and the MCMC."""
+    dtype: str = "float32"
+    """Model dtype (spec §2: float32 for attention extraction)."""
+    trust_remote_code: bool = False
+    """Allow custom modelling code from a hub repository."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Free-form notes recorded with the config."""
+
+    def __post_init__(self) -> None:
+        positive_int(self.max_tokens, "--max-tokens", 16384)
+        positive_int(self.seq_len, "--seq-len", 256)
+        positive_int(self.batch_size, "--batch-size", 4)
+        nonneg_int(self.bootstrap, "--bootstrap", 200)
+        nonneg_int(self.mcmc_steps, "--mcmc-steps", 20000)
+        nonneg_int(self.ablation_tokens, "--ablation-tokens", 256)
+        nonneg_int(self.full_max_heads, "--full-max-heads", 12)
+        if self.full_max_heads > 16:
+            raise HeadgameError(f"--full-max-heads {self.full_max_heads} would enumerate 2^{self.full_max_heads} subsets per layer; use at most 16")
+        if self.seq_len < 2:
+            raise HeadgameError("--seq-len must be at least 2; pass e.g. --seq-len 256")
+        if self.mcmc_steps and self.mcmc_burn_in >= self.mcmc_steps:
+            raise HeadgameError(f"--mcmc-burn-in {self.mcmc_burn_in} must be below --mcmc-steps {self.mcmc_steps}; e.g. 2000 of 20000")
+        if self.alphabet not in ("absolute", "relative"):
+            raise HeadgameError(f"--alphabet {self.alphabet} is not known; use absolute or relative")
+        if self.table_format not in TABLE_FORMATS:
+            raise HeadgameError(f"--format {self.table_format} is not known; use csv or parquet")
+        if self.gsm8k_format not in ("qa", "answer", "question"):
+            raise HeadgameError(f"--gsm8k-format {self.gsm8k_format} is not known; use qa, answer or question")
+        if not (self.beta > 0):
+            raise HeadgameError(f"--beta must be positive, got {self.beta}; pass e.g. --beta 1")
+        from headgame.prune.select import check_fraction
+
+        check_fraction(self.fraction)
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise HeadgameError(f"--dtype {self.dtype} is not supported; use float32, bfloat16 or float16")

@@ -1,0 +1,238 @@
+"""``headgame fep``: GT-FEP dividends and head scores of a real model (spec gt-fep §3).
+
+Pipeline (plain functions): load the model → token sequences (GSM8K problems or packed text)
+→ argmax-key symbols of every head through HeadTap (§3.1) → per layer entropies, dividends,
+summaries, scores, Gibbs/MCMC (§3.2–§3.7) → ε-Nash report with the ablation Spearman check
+(§3.8) → dividends table, per-layer summary, head scores, JSON, PNGs and an HTML section.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from headgame import __version__
+from headgame.errors import HeadgameError
+from headgame.fep import dividends as dv
+from headgame.fep.config import FepConfig
+from headgame.fep.info import InfoOptions, LayerInfo, analyse_layer
+from headgame.fep.scores import epsilon_nash, spearman
+from headgame.fep.symbols import HeadSymbols, collect_symbols
+from headgame.fep.texts import (
+    GSM8K_TEST,
+    Sequences,
+    data_file,
+    gsm8k_available,
+    gsm8k_texts,
+    pad_id_of,
+    pad_sequences,
+    shuffled,
+    tokenize_texts,
+)
+
+INFO_SCORES = ("fep", "fep-exact", "shapley", "gibbs")
+
+
+def resolve_source(data: str, data_dir: str | None) -> str:
+    """'auto' becomes 'gsm8k' when the data directory holds GSM8K, else the packaged corpus."""
+    if data == "auto":
+        return "gsm8k" if gsm8k_available(data_dir) else "default"
+    return data
+
+
+def load_sequences(
+    source: str,
+    tokenizer: Any,
+    *,
+    causal: bool,
+    max_tokens: int,
+    seq_len: int,
+    data_dir: str | None = None,
+    text_field: str = "text",
+    gsm8k_format: str = "qa",
+    seed: int = 0,
+) -> Sequences:
+    """GSM8K problems (shuffled with ``seed``, one sequence each, spec §2) or packed blocks of any source."""
+    if source == "gsm8k":
+        path = data_file(GSM8K_TEST, data_dir)
+        texts = shuffled(gsm8k_texts(path, gsm8k_format), seed)
+        ids, cut = tokenize_texts(texts, tokenizer, max_len=seq_len, max_tokens=max_tokens)
+        return pad_sequences(ids, pad_id_of(tokenizer), source=f"gsm8k ({path})", truncated=cut)
+    from headgame.data import iter_texts, pack_blocks
+
+    wrap = None if causal else (tokenizer.cls_token_id, tokenizer.sep_token_id)
+    blocks = pack_blocks(
+        iter_texts(source, text_field=text_field, data_dir=data_dir), tokenizer, seq_len=seq_len, max_tokens=max_tokens,
+        eos_id=tokenizer.eos_token_id if causal else None, source_name=source,
+        wrap_cls_sep=wrap if wrap and None not in wrap else None,
+    )
+    return Sequences(blocks.input_ids, blocks.attention_mask, blocks.n_tokens, blocks.n_blocks, source)
+
+
+def prefix(seqs: Sequences, max_tokens: int) -> Sequences:
+    """The first sequences of ``seqs`` whose tokens reach ``max_tokens`` (at least one)."""
+    lengths = seqs.attention_mask.sum(1)
+    cum = torch.cumsum(lengths, 0)
+    n = int((cum < max_tokens).sum()) + 1
+    n = min(n, seqs.n_sequences)
+    mask = seqs.attention_mask[:n]
+    return Sequences(seqs.input_ids[:n], mask, int(mask.sum()), n, seqs.source)
+
+
+def analyse_symbols(symbols: HeadSymbols, opts: InfoOptions, on_layer: Callable[[int], None] | None = None) -> dict[int, LayerInfo]:
+    infos = {}
+    for layer in symbols.layers:
+        infos[layer] = analyse_layer(layer, symbols.x[layer], symbols.seq, symbols.alphabet_size, opts)
+        if on_layer is not None:
+            on_layer(layer)
+    return infos
+
+
+def pooled_summary(infos: dict[int, LayerInfo]) -> dict[str, Any]:
+    """Model-level view of the triple dividends (spec §3.5, §6 acceptance targets)."""
+    allv = np.concatenate([i.triples for i in infos.values()]) if infos else np.zeros(0)
+    pooled = dv.summarise_triples(allv).to_dict()
+    layers_ok = [l for l, i in infos.items() if i.summary.n and i.summary.frac_negative > 0.5 and i.summary.median < 0]
+    pairs = np.concatenate([i.pairs for i in infos.values()]) if infos else np.zeros(0)
+    return {
+        "triples": pooled,
+        "layers_majority_negative_and_median_below_0": len(layers_ok),
+        "n_layers": len(infos),
+        "frac_negative_by_layer": {str(l): i.summary.frac_negative for l, i in infos.items()},
+        "pairs_min_bits": float(pairs.min()) if pairs.size else math.nan,
+        "pairs_all_nonnegative": bool((pairs >= -1e-9).all()) if pairs.size else True,
+    }
+
+
+def saturation(infos: dict[int, LayerInfo], n_obs: int) -> list[str]:
+    worst: dict[int, float] = {}
+    for info in infos.values():
+        orders = dict(info.max_entropy_by_order)
+        orders[info.n_heads] = info.h_full  # the full coalition, behind fep-exact
+        for k, h in orders.items():
+            worst[k] = max(worst.get(k, 0.0), h)
+    return dv.saturation_warnings(worst, n_obs)
+
+
+def score_matrix(infos: dict[int, LayerInfo], name: str, n_layers: int) -> np.ndarray | None:
+    if not infos or any(name not in i.scores for i in infos.values()):
+        return None
+    out = np.full((n_layers, next(iter(infos.values())).n_heads), np.nan)
+    for l, i in infos.items():
+        out[l] = i.scores[name]
+    return out
+
+
+def run_fep(cfg: FepConfig, *, progress: bool = True, console: Any = None, report: bool = True) -> dict[str, Any]:
+    """Run ``headgame fep`` end to end; returns the result dict also written to ``fep.json``."""
+    from headgame.analyze import check_writable, package_versions
+    from headgame.fep.report import write_outputs
+    from headgame.models.surgery import load_any
+    from headgame.prune.select import select_heads
+
+    out = Path(cfg.out)
+    check_writable(out)
+    t_start = time.perf_counter()
+    loaded = load_any(cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+    model, tok, layout = loaded
+    if loaded.info.get("kind") == "pruned":
+        raise HeadgameError(f"{cfg.model} is a pruned model; analyse the original model (the dividends need every head)")
+    if layout.max_positions and cfg.seq_len > layout.max_positions:
+        raise HeadgameError(f"--seq-len {cfg.seq_len} exceeds the model's maximum of {layout.max_positions} positions; use --seq-len {layout.max_positions} or less")
+    layers = layout.parse_layers(cfg.layers)
+    source = resolve_source(cfg.data, cfg.data_dir)
+    seqs = load_sequences(source, tok, causal=layout.causal, max_tokens=cfg.max_tokens, seq_len=cfg.seq_len,
+                          data_dir=cfg.data_dir, text_field=cfg.text_field, gsm8k_format=cfg.gsm8k_format, seed=cfg.seed)
+    bar = _progress(progress, console)
+    timing: dict[str, float] = {}
+    with bar:
+        t0 = time.perf_counter()
+        task = bar.add_task("discretise", total=seqs.n_sequences)
+        symbols = collect_symbols(model, layout, seqs.input_ids, seqs.attention_mask, layers=layers, alphabet=cfg.alphabet,
+                                  batch_size=cfg.batch_size, on_batch=lambda d, t: bar.update(task, completed=d))
+        timing["discretise_s"] = time.perf_counter() - t0
+        if symbols.n_obs < 2:
+            raise HeadgameError(f"only {symbols.n_obs} observation(s); raise --max-tokens")
+        t0 = time.perf_counter()
+        task = bar.add_task("dividends", total=len(layers))
+        opts = InfoOptions(miller_madow=cfg.miller_madow, bootstrap=cfg.bootstrap, seed=cfg.seed, full_max_heads=cfg.full_max_heads,
+                           beta=cfg.beta, mcmc_steps=cfg.mcmc_steps, mcmc_burn_in=cfg.mcmc_burn_in)
+        infos = analyse_symbols(symbols, opts, on_layer=lambda l: bar.advance(task))
+        timing["dividends_s"] = time.perf_counter() - t0
+        ablation = base_nll = None
+        if cfg.ablation_tokens and layers == list(range(layout.n_layers)):
+            from headgame.prune.importance import ablation_delta_nll
+
+            t0 = time.perf_counter()
+            task = bar.add_task("ablation", total=layout.n_layers * layout.n_heads)
+            abl_seqs = prefix(seqs, cfg.ablation_tokens)
+            ablation, base_nll = ablation_delta_nll(model, layout, tok, abl_seqs, batch_size=cfg.batch_size, seed=cfg.seed,
+                                                    on_step=lambda d, t: bar.update(task, completed=d))
+            timing["ablation_s"] = time.perf_counter() - t0
+
+    warnings = saturation(infos, symbols.n_obs)
+    scores = {name: m for name in INFO_SCORES if (m := score_matrix(infos, name, layout.n_layers)) is not None}
+    h1 = score_matrix(infos, "entropy", layout.n_layers)
+    nash = None
+    if layers == list(range(layout.n_layers)):
+        pruned = select_heads(scores["fep"], cfg.fraction, per_layer=cfg.per_layer)
+        nash = epsilon_nash(scores["fep"], pruned, h1).to_dict()
+        nash["fraction"] = cfg.fraction
+        nash["pruned_heads"] = {str(l): v for l, v in pruned.items()}
+        if ablation is not None:
+            rho = {}
+            for name, m in scores.items():
+                r, p = spearman(m, ablation)
+                rho[name] = {"rho": r, "p": p}
+            nash["spearman_vs_ablation"] = rho
+            nash["spearman_rho"], nash["spearman_p"] = rho["fep"]["rho"], rho["fep"]["p"]
+            nash["spearman_score"] = "fep"
+            nash["ablation_tokens"] = int(prefix(seqs, cfg.ablation_tokens).n_tokens)
+            nash["base_nll"] = base_nll
+    result: dict[str, Any] = {
+        "headgame_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "config": cfg.to_dict(),
+        "versions": package_versions(),
+        "model": {"spec": cfg.model, **layout.describe(), "hash": loaded.info.get("hash"), "source": loaded.info.get("source")},
+        "data": {"source": source, "n_sequences": seqs.n_sequences, "n_tokens": seqs.n_tokens, "n_observations": symbols.n_obs,
+                 "seq_len": cfg.seq_len, "truncated": seqs.truncated, "alphabet": cfg.alphabet,
+                 "alphabet_size": symbols.alphabet_size, "saturation_bits": math.log2(symbols.n_obs)},
+        "layers": [infos[l].summary_dict() for l in layers],
+        "summary": pooled_summary(infos),
+        "epsilon_nash": nash,
+        "warnings": warnings,
+        "timing": {**{k: round(v, 2) for k, v in timing.items()}, "seconds": round(time.perf_counter() - t_start, 2)},
+        "notes": {
+            "dividends": "D(S) = Σ_{T⊆S} (−1)^{|S|−|T|} F(T), F(S) = |S|·log2 K − H(X_S) (spec §3.3–§3.4); pairs = MI ≥ 0, "
+                         "triples = I(X;Y|Z) − I(X;Y): negative = redundancy",
+            "wilcoxon": "one-sided signed-rank test of a layer's triple dividends against 0 (H1: median < 0); triples share heads, "
+                        "so the p-value is descriptive",
+            "bootstrap": "percentile intervals over sequences (spec §3.2); a resample repeats sequences, which lowers plug-in joint "
+                         "entropies, so intervals of entropy-based quantities are shifted and need not contain the point estimate",
+            "fep_score": "m_i^(≤3) truncates H(X_i | rest) at order 3 (spec §3.7); where a layer's pair and triple dividends are "
+                         "large the truncation leaves [0, H_i] (it can be negative or exceed H_i), so ε and global rankings "
+                         "across layers inherit that error; fep-exact is bounded but saturates",
+            "orders": "dividends of order ≥ 4 come from joint entropies that saturate near log2(n): interpret them cautiously (spec §3.2)",
+        },
+    }
+    head_scores = {"entropy": h1, **scores}
+    if ablation is not None:
+        head_scores["ablation"] = ablation
+    paths = write_outputs(result, infos, head_scores, out, table_format=cfg.table_format, config_yaml=cfg.to_yaml(), report=report)
+    result["files"] = sorted(p.name for p in paths)
+    return result
+
+
+def _progress(enabled: bool, console: Any):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=not enabled, transient=False)

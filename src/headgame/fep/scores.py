@@ -1,0 +1,75 @@
+"""Information-side head scores and the ε-Nash report (spec gt-fep §3.7–§3.8). Pure.
+
+All scores are per head of one layer, in bits, and large = important (prune the lowest):
+
+* ``fep``: m_i^(≤3) = H_i − Σ_{j≠i} D({i,j}) − Σ_{j<k; j,k≠i} D({i,j,k}), the order-3 Harsanyi
+  truncation of H(X_i | X_{N∖i}) (the primary score);
+* ``fep-exact``: H(X_N) − H(X_{N∖i}) (saturates; reported, not the default ranking);
+* ``shapley``: H_i − ½ Σ_j D({i,j}) − ⅓ Σ_{j<k} D({i,j,k});
+* ``gibbs``: the inclusion probability π_i under P_β(S) ∝ exp(−β F(S)).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+def fep_order3(h1: torch.Tensor, d2: torch.Tensor, d3: torch.Tensor) -> torch.Tensor:
+    """m_i^(≤3) from entropies H_i [H], pair dividends [H, H] and triple dividends [H, H, H]."""
+    # d3[i] holds every (j, k) twice (j<k and k<j), and 0 where indices repeat
+    return h1 - d2.sum(-1) - d3.sum((-1, -2)) / 2.0
+
+
+def shapley_order3(h1: torch.Tensor, d2: torch.Tensor, d3: torch.Tensor) -> torch.Tensor:
+    """φ_i = Σ_{S∋i} D_H(S)/|S| truncated at order 3."""
+    return h1 - d2.sum(-1) / 2.0 - d3.sum((-1, -2)) / 2.0 / 3.0
+
+
+def fep_exact(h_full: float, h_minus: torch.Tensor) -> torch.Tensor:
+    """m_i = H(X_N) − H(X_{N∖i}) = H(X_i | X_{N∖i})."""
+    return h_full - h_minus
+
+
+@dataclass
+class EpsilonNash:
+    """ε-equilibrium of a pruned configuration (spec §3.8)."""
+
+    epsilon_bits: float  # max m_i over pruned heads
+    mean_entropy_bits: float  # mean H_i over all heads
+    epsilon_relative: float  # ε / mean H_i
+    n_pruned: int
+    spearman_rho: float | None = None  # score vs ablation ΔNLL over all heads
+    spearman_p: float | None = None
+    spearman_score: str | None = None
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def epsilon_nash(
+    m: np.ndarray,
+    pruned: Mapping[int, Sequence[int]],
+    h1: np.ndarray,
+) -> EpsilonNash:
+    """ε = max_{i pruned} m_i (bits) and ε / mean_i H_i; ``m`` and ``h1`` are [L, H] arrays."""
+    vals = [float(m[l, h]) for l, heads in pruned.items() for h in heads]
+    eps = max(vals) if vals else 0.0
+    mean_h = float(np.mean(h1))
+    return EpsilonNash(eps, mean_h, eps / mean_h if mean_h > 0 else math.nan, len(vals))
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> tuple[float | None, float | None]:
+    """Spearman correlation of two score arrays (flattened); None when undefined."""
+    from scipy import stats
+
+    x, y = np.asarray(a, float).ravel(), np.asarray(b, float).ravel()
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
+        return None, None
+    res = stats.spearmanr(x[ok], y[ok])
+    return float(res.statistic), float(res.pvalue)

@@ -1,0 +1,127 @@
+"""Outputs of ``headgame prune``: pruning.json, a comparison table (Markdown + CSV), head scores.
+
+Every file is written atomically. The table has one row for the unpruned model and one per
+criterion; the random criterion shows mean ± sd over its seeds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from headgame.io import write_json_atomic, write_text_atomic
+
+COLUMNS = [
+    ("heads pruned", "n_pruned", "int"),
+    ("KV heads removed", "kv_heads_removed", "int"),
+    ("FLOPs −% (analytic)", "flops_reduction_analytic", "pct"),
+    ("FLOPs −% (measured)", "flops_reduction_measured", "pct"),
+    ("attn FLOPs −%", "attention_flops_reduction_analytic", "pct"),
+    ("fwd tokens/s", "tokens_per_s", "f0"),
+    ("speed-up (measured)", "measured_speedup", "f3"),
+    ("speed-up (FLOP-implied)", "flop_implied_speedup", "f3"),
+    ("gen tokens/s", "gen_tokens_per_s", "f1"),
+]
+
+
+def _fmt(v: Any, kind: str) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    if kind == "pct":
+        return f"{100 * v:.1f}"
+    if kind == "int":
+        if isinstance(v, float) and not v.is_integer():
+            return f"{v:.1f}"
+        return f"{v:.0f}" if isinstance(v, (int, float)) else str(v)
+    if kind.startswith("f"):
+        return f"{v:.{int(kind[1:])}f}"
+    return str(v)
+
+
+def _cell(values: Mapping[str, Any], key: str, kind: str) -> str:
+    v = values.get(key)
+    if isinstance(v, Mapping):  # random: mean ± sd
+        if v.get("mean") is None:
+            return "–"
+        return f"{_fmt(v['mean'], kind)} ± {_fmt(v['sd'], kind)}"
+    return _fmt(v, kind)
+
+
+COMPACT = {"model": "model", "heads pruned": "pruned", "FLOPs −% (analytic)": "FLOPs−%", "FLOPs −% (measured)": "meas.−%",
+           "speed-up (measured)": "speed-up", "speed-up (FLOP-implied)": "implied", "gsm8k ppl": "GSM8K ppl",
+           "gsm8k ppl Δ%": "Δ%", "wikitext2 ppl": "Wiki ppl", "wikitext2 ppl Δ%": "Δ% "}
+
+
+def compact(header: list[str], rows: list[list[str]]) -> tuple[list[str], list[list[str]]]:
+    """The columns that fit a terminal, with short names; random's label shortened."""
+    keep = [i for i, h in enumerate(header) if h in COMPACT]
+    short = [[r[i] for i in keep] for r in rows]
+    for r in short:
+        if r[0].startswith("random ("):
+            r[0] = "random"
+    return [COMPACT[header[i]] for i in keep], short
+
+
+def table(result: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the comparison table."""
+    from headgame.prune.run import flat_metrics
+
+    sets = [s["name"] for s in result.get("data", {}).get("perplexity_sets", [])]
+    cols = list(COLUMNS) + [(f"{s} ppl", f"ppl_{s}", "f2") for s in sets] + [(f"{s} ppl Δ%", f"ppl_{s}_change", "pct") for s in sets]
+    cols.append(("ε (bits)", "epsilon_bits", "f3"))
+    header = ["model"] + [c[0] for c in cols]
+    base = flat_metrics({**result["base"], "n_pruned": 0})
+    rows = [["unpruned"] + [_cell(base, key, kind) if key not in ("measured_speedup", "flop_implied_speedup") else "1.000"
+                            for _, key, kind in cols]]
+    for name, res in result.get("results", {}).items():
+        values = res["summary"] if name == "random" else flat_metrics(res)
+        label = f"random (mean ± sd, {len(res.get('seeds', []))} seeds)" if name == "random" else name
+        rows.append([label] + [_cell(values, key, kind) for _, key, kind in cols])
+    return header, rows
+
+
+def markdown_table(result: Mapping[str, Any]) -> str:
+    header, rows = table(result)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    m = result.get("model", {})
+    dev = result.get("device", {})
+    b = result.get("budget", {})
+    foot = (f"\n{m.get('spec')} ({m.get('n_layers')} layers x {m.get('n_heads')} heads), "
+            f"{'per-layer' if b.get('per_layer') else 'global'} pruning of {100 * b.get('fraction', 0):.0f}% of heads; "
+            f"{dev.get('cpu')}, {dev.get('threads')} threads, {dev.get('dtype')}. One-shot, no fine-tuning.\n")
+    return "\n".join(lines) + "\n" + foot
+
+
+def _csv(header: list[str], rows: list[list[str]]) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def write_prune_outputs(result: dict, head_scores: Mapping[str, np.ndarray], out: Path, *, config_yaml: str | None = None) -> list[Path]:
+    out = Path(out)
+    paths = [write_json_atomic(out / "pruning.json", result)]
+    header, rows = table(result)
+    paths.append(write_text_atomic(out / "pruning_table.md", markdown_table(result)))
+    paths.append(write_text_atomic(out / "pruning_table.csv", _csv(header, rows)))
+    names = list(head_scores)
+    if names:
+        first = next(iter(head_scores.values()))
+        hs = [["layer", "head", *names]]
+        for l in range(first.shape[0]):
+            for h in range(first.shape[1]):
+                hs.append([str(l), str(h), *(repr(round(float(head_scores[n][l, h]), 10)) for n in names)])
+        paths.append(write_text_atomic(out / "head_scores.csv", _csv(hs[0], hs[1:])))
+    if config_yaml is not None:
+        paths.append(write_text_atomic(out / "config.yaml", config_yaml))
+    return paths
