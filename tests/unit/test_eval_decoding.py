@@ -178,3 +178,27 @@ def test_jsd_is_symmetric_and_zero_on_equal():
     assert torch.allclose(jsd(a, b), jsd(b, a), atol=1e-6)
     assert torch.allclose(jsd(a, a), torch.zeros(3), atol=1e-6)
     assert (jsd(a, b) <= math.log(2) + 1e-6).all()
+
+
+@pytest.mark.parametrize("name", ["dola", "actdec"])
+def test_rolling_loglikelihood_uses_a_proper_distribution(tiny, name):
+    """No plausibility floor in perplexity: the score is log_softmax of the method's contrast."""
+    from headgame.evaluate.requests import RollingRequest
+
+    model, tok, _ = tiny
+    n = model.config.num_hidden_layers
+    sc = HFScorer(model, tok, make_method(name, layers="0", layer=1), ScorerConfig(max_length=128))
+    text = "a short text to score"
+    res = sc.loglikelihood_rolling([RollingRequest(text)])[0]
+    toks = sc.tokens.encode(text)
+    ids = [sc.tokens.prefix_token] + toks
+    logits, hidden = _full(model, ids[:-1])
+    final = F.log_softmax(logits, -1)
+    if name == "dola":
+        contrast = final - F.log_softmax(_early(model, hidden[0], 0, n), -1)
+    else:
+        early = _early(model, hidden[1], 1, n).double()
+        ent = torch.stack([-(torch.softmax(early[: t + 1], 0) * torch.log_softmax(early[: t + 1], 0)).sum(0) for t in range(len(toks))]).float()
+        contrast = final - 0.5 * ent
+    want = F.log_softmax(contrast, -1)[torch.arange(len(toks)), torch.tensor(toks)].sum().item()
+    assert res.logprob == pytest.approx(want, abs=1e-3) and res.logprob / len(toks) > -20

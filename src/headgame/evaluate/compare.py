@@ -106,11 +106,16 @@ def _who(data: dict) -> str:
 
 
 def _num(x: float, digits: int = 3) -> str:
-    return f"{x:.{digits}f}" if math.isfinite(x) else "—"
+    if not math.isfinite(x):
+        return "—"
+    return f"{x:.4g}" if abs(x) >= 1e5 else f"{x:.{digits}f}"
 
 
 def _delta(x: float, mark: bool = False) -> str:
-    return (f"{x + 0.0:+.1f}%".replace("-0.0%", "+0.0%") if math.isfinite(x) else "—") + ("*" if mark else "")
+    if not math.isfinite(x):
+        return "—" + ("*" if mark else "")
+    text = f"{x:+.3g}%" if abs(x) >= 1e5 else f"{x + 0.0:+.1f}%".replace("-0.0%", "+0.0%")
+    return text + ("*" if mark else "")
 
 
 def _p(p: float) -> str:

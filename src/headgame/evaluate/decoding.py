@@ -25,6 +25,11 @@ predicted) and it returns ``[N, V]`` log-scores. Registered methods:
     scaled to the model depth: l = round(0.8125·N). Positions are causal (j ≤ t, prompt and
     answer so far), so scoring an answer never looks at its own future tokens.
 
+Rolling log-likelihood (WikiText, GSM8K perplexity) uses each method's distribution over the
+whole vocabulary, without the plausibility floor (a floor of −1000 nats would swamp any
+perplexity): ``log_softmax(log q_N − log q_M)`` for DoLa, ``log_softmax(log q_N − α·E)`` for
+ActDec.
+
 Early-exit logits (DoLa, ActDec) apply the model's final norm and LM head to an intermediate
 hidden state (``hidden_states`` index: 0 = embeddings, N = final).
 """
@@ -66,7 +71,9 @@ class DecodingMethod:
     def info_layer(self, n_layers: int) -> int | None:
         return None
 
-    def logprobs(self, parts: ModelParts, states: PositionStates) -> torch.Tensor:
+    def logprobs(self, parts: ModelParts, states: PositionStates, *, proper: bool = False) -> torch.Tensor:
+        """``proper``: a normalised distribution over the whole vocabulary (no plausibility
+        floor), used for rolling log-likelihood, where a floor would make perplexity meaningless."""
         return F.log_softmax(parts.logits(states.views[0]), dim=-1)
 
     def describe(self) -> dict:
@@ -91,7 +98,7 @@ class ContextAwareDecoding(DecodingMethod):
     name: ClassVar[str] = "cad"
     n_views: ClassVar[int] = 2
 
-    def logprobs(self, parts: ModelParts, states: PositionStates) -> torch.Tensor:
+    def logprobs(self, parts: ModelParts, states: PositionStates, *, proper: bool = False) -> torch.Tensor:
         with_ctx = parts.logits(states.views[0])
         without = parts.logits(states.views[1])
         return F.log_softmax((1 + self.alpha) * with_ctx - self.alpha * without, dim=-1)
@@ -138,7 +145,7 @@ class DoLa(DecodingMethod):
     def hidden_layers(self, n_layers: int) -> tuple[int, ...]:
         return dola_candidates(n_layers, self.layers, self.tied_embeddings)
 
-    def logprobs(self, parts: ModelParts, states: PositionStates) -> torch.Tensor:
+    def logprobs(self, parts: ModelParts, states: PositionStates, *, proper: bool = False) -> torch.Tensor:
         final = F.log_softmax(parts.logits(states.views[0]), dim=-1)  # [N, V]
         cands = sorted(states.layers)
         early = torch.stack([F.log_softmax(parts.logits(states.layers[l], l), dim=-1) for l in cands])  # [C, N, V]
@@ -146,6 +153,8 @@ class DoLa(DecodingMethod):
         pick = div.argmax(dim=0)  # [N]
         premature = early[pick, torch.arange(final.shape[0])]  # [N, V]
         contrast = F.log_softmax(final - premature, dim=-1)
+        if proper:
+            return contrast
         return torch.where(plausible_mask(final, self.relative_top), contrast, torch.full_like(contrast, FLOOR))
 
     def describe(self) -> dict:
@@ -226,9 +235,11 @@ class ActivationDecoding(DecodingMethod):
             raise HeadgameError(f"--actdec-layer {layer} is out of range for a {n_layers}-layer model; use 0..{n_layers - 1}")
         return layer
 
-    def logprobs(self, parts: ModelParts, states: PositionStates) -> torch.Tensor:
+    def logprobs(self, parts: ModelParts, states: PositionStates, *, proper: bool = False) -> torch.Tensor:
         final = F.log_softmax(parts.logits(states.views[0]), dim=-1)
         assert states.sharpness is not None
+        if proper:
+            return F.log_softmax(final - self.alpha * states.sharpness, dim=-1)
         mask = plausible_mask(final, self.relative_top)
         adjusted = torch.where(mask, final - self.alpha * states.sharpness, torch.full_like(final, -math.inf))
         return torch.where(mask, F.log_softmax(adjusted, dim=-1), torch.full_like(final, FLOOR))

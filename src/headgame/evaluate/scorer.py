@@ -178,6 +178,7 @@ class HFScorer:
         self.layers = self.method.hidden_layers(n)
         self.info_layer = self.method.info_layer(n)
         self.stats = {"forward_tokens": 0, "prefix_tokens": 0, "input_tokens": 0}
+        self._proper = False
 
     # ------------------------------------------------------------------ interface
     @torch.inference_mode()
@@ -199,7 +200,12 @@ class HFScorer:
         counts = [0] * len(requests)
         scale = len(requests) / max(len(units), 1)
         tick = (lambda n: progress(int(n * scale))) if progress is not None else None
-        for u, (lp, _) in zip(units, self._score_units(units, tick)):
+        self._proper = True  # perplexity needs a normalised distribution (no plausibility floor)
+        try:
+            scored = self._score_units(units, tick)
+        finally:
+            self._proper = False
+        for u, (lp, _) in zip(units, scored):
             totals[owner[u.index]] += lp
             counts[owner[u.index]] += len(u.targets)
         return [RollingResult(t, c) for t, c in zip(totals, counts)]
@@ -328,7 +334,7 @@ class HFScorer:
             views = [torch.cat([p[1][k] for p in pending]) for k in range(self.method.n_views)]
             layers = {l: torch.cat([p[2][l] for p in pending]) for l in self.layers}
             sharp = torch.cat([p[3] for p in pending]) if self.info_layer is not None else None
-            scores = self.method.logprobs(self.parts, PositionStates(views, layers, sharp))  # [n, V]
+            scores = self.method.logprobs(self.parts, PositionStates(views, layers, sharp), proper=self._proper)  # [n, V]
             tgt = torch.tensor([t for p in pending for t in p[4]], dtype=torch.long)
             picked = scores.gather(1, tgt[:, None])[:, 0].tolist()
             hits = (scores.argmax(dim=-1) == tgt).tolist()
