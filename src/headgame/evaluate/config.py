@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
+from headgame.config import ConfigMixin
 from headgame.errors import HeadgameError
 
 _DEFAULTS = {"n_items": 1024, "batch_tokens": 2048, "gen_batch": 16}
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(ConfigMixin):
     """Configuration of ``headgame eval`` (saved beside every eval.json)."""
 
     model: str = "smollm2-135m"
@@ -94,25 +93,3 @@ class EvalConfig:
         for name in items:
             TASKS.get(name)  # raises with the valid names
         return list(dict.fromkeys(items))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "EvalConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise HeadgameError(f"unknown config field(s) {', '.join(unknown)}; valid fields: {', '.join(sorted(known))}")
-        return cls(**data)
-
-    def to_yaml(self) -> str:
-        import yaml
-
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> "EvalConfig":
-        import yaml
-
-        return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {})

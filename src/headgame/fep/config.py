@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
+from headgame.config import ConfigMixin  # noqa: F401  (re-exported for prune.config)
 from headgame.errors import HeadgameError
 
 TABLE_FORMATS = ("csv", "parquet")
@@ -20,32 +19,6 @@ def positive_int(value: Any, flag: str, example: int) -> None:
 def nonneg_int(value: Any, flag: str, example: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise HeadgameError(f"{flag} must be a non-negative integer, got {value!r}; pass e.g. {flag} {example}")
-
-
-class ConfigMixin:
-    """Dict/YAML round trip shared by the fep and prune configs."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[arg-type]
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]):
-        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise HeadgameError(f"unknown config field(s) {', '.join(unknown)}; valid fields: {', '.join(sorted(known))}")
-        return cls(**data)
-
-    def to_yaml(self) -> str:
-        import yaml
-
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path):
-        import yaml
-
-        return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {})
 
 
 @dataclass
