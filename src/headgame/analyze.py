@@ -47,6 +47,7 @@ class CouplingCollector:
         self.moments = {l: OutputMoments(layout.n_heads, layout.head_dim) for l in layers} if redundancy else {}
         self.n_batches = 0
         self.n_targets = 0
+        self._omega: dict[int, torch.Tensor] | None = None
         self.loss_sum = 0.0
         self._scope = activation_gradients(model)
         self._tap = HeadTap(
@@ -87,12 +88,10 @@ class CouplingCollector:
 
     def running_gamma(self) -> float:
         """Mean Γ over layers from the statistics so far (for the progress bar)."""
-        vals = []
-        for l in self.layers:
-            if self.grams[l].n_tokens:
-                with torch.no_grad():
-                    omega = weight_coupling(self.layout.head_slices(self.model, l).detach())
-                    vals.append(gamma(interaction_matrix(omega.double(), self.grams[l].rho()))["gamma"])
+        if self._omega is None:  # the weights are frozen during analyze: ω is computed once
+            with torch.no_grad():
+                self._omega = {l: weight_coupling(self.layout.head_slices(self.model, l).detach().double()) for l in self.layers}
+        vals = [gamma(interaction_matrix(self._omega[l], self.grams[l].rho()))["gamma"] for l in self.layers if self.grams[l].n_tokens]
         return sum(vals) / len(vals) if vals else float("nan")
 
     def state_dict(self) -> dict[str, Any]:

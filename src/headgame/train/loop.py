@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from headgame.errors import HeadgameError
 from headgame.game.coupling import GradientGram, cosine_from_gram
-from headgame.game.nash_mtl import solve_nash_weights
+from headgame.game.nash_mtl import solve_nash_weights, task_gram
 from headgame.game.schedule import lambda_scale
 from headgame.io import AtomicDir, write_json_atomic, write_text_atomic
 from headgame.models.tap import HeadTap
@@ -75,6 +75,9 @@ class Trainer:
         self.model = add_lora(base, layout, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, seed=cfg.seed)
         self.model.to(self.acc.device)
         self.groups = param_groups(self.model, layout)
+        self._offsets = [0]  # where each trainable parameter starts in a flattened gradient
+        for p in self.groups.params:
+            self._offsets.append(self._offsets[-1] + p.numel())
 
         blocks = load_blocks(cfg.data, self.tokenizer, seq_len=cfg.seq_len, max_tokens=cfg.max_tokens,
                              text_field=cfg.text_field, data_dir=cfg.data_dir)
@@ -90,8 +93,7 @@ class Trainer:
         gen = torch.Generator().manual_seed(cfg.seed)
         self.order = torch.randperm(len(self.train_ids), generator=gen)  # deterministic per seed
 
-        decay = [p for p in self.groups.params]
-        self.optimizer = torch.optim.AdamW(decay, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999), eps=1e-8)
+        self.optimizer = torch.optim.AdamW(self.groups.params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999), eps=1e-8)
         from transformers import get_cosine_schedule_with_warmup
 
         self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, math.ceil(cfg.warmup_ratio * self.total_steps), self.total_steps)
@@ -193,7 +195,7 @@ class Trainer:
         if recompute:
             names = list(task_flat)
             grads = [self._mean_across(task_flat[n]) for n in names]
-            res = solve_nash_weights(torch.stack([g.double() for g in grads]) @ torch.stack([g.double() for g in grads]).T)
+            res = solve_nash_weights(task_gram(grads))
             self.alpha, self.alpha_tasks = [float(a) for a in res.alpha], names
             total = sum(float(a) * g for a, g in zip(res.alpha, grads))
             self._write_grads(total)
@@ -239,15 +241,6 @@ class Trainer:
         return total / count
 
     # ================================================================ checkpoints
-    @property
-    def _offsets(self) -> list[int]:
-        if not hasattr(self, "_offsets_cache"):
-            offs = [0]
-            for p in self.groups.params:
-                offs.append(offs[-1] + p.numel())
-            self._offsets_cache = offs
-        return self._offsets_cache
-
     def _state(self) -> dict[str, Any]:
         return {
             "config": self.cfg.run_identity(), "model_hash": self.base_hash, "total_steps": self.total_steps,
