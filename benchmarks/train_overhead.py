@@ -33,7 +33,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps per variant (steps 0-1: λ still ramping)")
-    ap.add_argument("--repeats", type=int, default=6, help="timed steps per variant (median)")
+    ap.add_argument("--repeats", type=int, default=12, help="timed steps per variant (median); a multiple of every --nash-every")
+    ap.add_argument("--nash-every", default="4", help="comma-separated --nash-update-every values to time besides the exact reference (1); '' for none")
     ap.add_argument("--mixed-precision", default="no")
     ap.add_argument("--out", default=str(RESULTS / "train_overhead.json"))
     args = ap.parse_args()
@@ -48,6 +49,12 @@ def main() -> None:
         "game_lora_nash_mtl": TrainConfig(method="game-lora", arbitration="nash_mtl", out="/tmp/hg-bench-nash", **common),
         "game_lora_sum": TrainConfig(method="game-lora", arbitration="sum", out="/tmp/hg-bench-sum", **common),
     }
+    every = [int(k) for k in args.nash_every.split(",") if k.strip()]
+    for k in every:
+        if k < 2 or args.repeats % k:
+            raise SystemExit(f"--nash-every {k}: must be >= 2 and divide --repeats {args.repeats}")
+        variants[f"game_lora_nash_mtl_every_{k}"] = TrainConfig(method="game-lora", arbitration="nash_mtl", nash_update_every=k,
+                                                                 out=f"/tmp/hg-bench-nash{k}", **common)
     trainers = {k: Trainer(cfg, progress=False).setup() for k, cfg in variants.items()}
     times: dict[str, list[float]] = {k: [] for k in trainers}
     for i in range(steps):
@@ -62,7 +69,11 @@ def main() -> None:
             if i >= args.warmup:
                 times[name].append(dt)
             print(f"step {i} {name}: {dt:.2f}s tasks={list(rec.get('nash_alpha', {}))}", flush=True)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    # a variant that recomputes α every k steps has one dear step per cycle of k: its cost is the
+    # median over cycles of the mean step time in the cycle (repeats is a multiple of k)
+    cycle = {name: (variants[name].nash_update_every if variants[name].arbitration == "nash_mtl" else 1) for name in times}
+    med = {name: statistics.median(statistics.fmean(v[i:i + cycle[name]]) for i in range(0, len(v), cycle[name]))
+           for name, v in times.items()}
     tokens = args.batch_size * args.seq_len
     first = next(iter(trainers.values()))
     result = {
@@ -76,6 +87,7 @@ def main() -> None:
         "all_seconds": times,
         "ratio_nash_mtl": med["game_lora_nash_mtl"] / med["ce"],
         "ratio_sum": med["game_lora_sum"] / med["ce"],
+        **{f"ratio_nash_mtl_every_{k}": med[f"game_lora_nash_mtl_every_{k}"] / med["ce"] for k in every},
         "tokens_per_s": {k: tokens / v for k, v in med.items()},
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "device": _device(),
@@ -88,7 +100,7 @@ def main() -> None:
         result["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps({k: result[k] for k in ("ratio_nash_mtl", "ratio_sum", "tokens_per_s", "device")}, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k.startswith("ratio") or k in ("tokens_per_s", "device")}, indent=1))
 
 
 def _device() -> str:

@@ -69,6 +69,18 @@ def test_methods_train_and_log_gamma(tmp_path, corpus, method, extra):
     assert any(p.abs().sum() > 0 for p in lora_b)  # B starts at zero
 
 
+def test_reused_nash_weights_follow_the_task_set(tmp_path, corpus):
+    """With α reused for many steps, a step whose task set differs (λ leaving 0 after step 0)
+    recomputes α instead of giving the new tasks a weight it never solved for."""
+    cfg = small(corpus, tmp_path / "o", method="game-lora", nash_update_every=1000)
+    trainer = Trainer(cfg, progress=False).setup()
+    first, second, third = (trainer.train_step() for _ in range(3))
+    assert list(first["nash_alpha"]) == ["ce"]  # λ = 0 at p = 0: CE alone
+    assert list(second["nash_alpha"]) == ["ce", "ldb", "abt"]
+    assert third["nash_alpha"] == second["nash_alpha"]  # reused, not recomputed
+    assert trainer.alpha_tasks == trainer.objective.task_names({"abt": 1.0, "ldb": 1.0})
+
+
 def test_adapter_loads_with_peft_and_merge(tmp_path, corpus):
     from peft import PeftModel
 

@@ -153,7 +153,10 @@ class Trainer:
         lambdas = {"abt": cfg.lambda_abt * s, "ldb": cfg.lambda_ldb * s}
         grams = {l: GradientGram(layout.n_heads, layout.head_dim) for l in self.tap_layers}
         nash = cfg.method == "game-lora" and cfg.arbitration == "nash_mtl"
-        recompute = nash and (self.alpha is None or self.step % cfg.nash_update_every == 0)
+        # α is reused for nash_update_every steps, but never across a change of the task set
+        # (phase boundaries of the λ schedule)
+        recompute = nash and (self.alpha is None or self.step % cfg.nash_update_every == 0
+                              or self.alpha_tasks != self.objective.task_names(lambdas))
         # a regulariser above another tapped layer would reach that layer's o_proj input in a
         # joint backward; then CE goes first, alone, so ρ stays the CE gradient (spec §3.2)
         split_ce = any(r < a for r in self.tap_layers for a in self.abt_layers) or cfg.method == "disagreement" and len(self.design) > 1

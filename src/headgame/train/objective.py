@@ -53,6 +53,14 @@ class GameObjective:
     def omega(self, model, layer: int) -> Tensor:
         return weight_coupling(self.layout.head_slices(model, layer).float())  # spec §3.1
 
+    def task_names(self, lambdas: dict[str, float]) -> list[str]:
+        """The tasks :meth:`terms` returns under ``lambdas``, in the same order."""
+        if self.cfg.method == "disagreement":
+            return ["ce", "disagreement"]
+        if self.cfg.method != "game-lora":
+            return ["ce"]
+        return ["ce"] + [name for name, layers in (("ldb", self.ldb_layers), ("abt", self.abt_layers)) if lambdas[name] > 0 and layers]
+
     def terms(self, model, ce: Tensor, heads: dict[int, Tensor], rho: dict[int, Tensor],
               lambdas: dict[str, float], accum: int, warmup: bool) -> StepTerms:
         """Tasks of one micro-batch. ``heads[l]`` is [N, H, dh] (graph-connected), ``rho[l]`` the
