@@ -157,3 +157,17 @@ def test_against_pyitlib_when_installed(sample):
     assert interaction_information(sample[:, 0], sample[:, 2], sample[:, 3]) == pytest.approx(
         float(drv.information_interaction(a[[0, 2, 3]])), abs=1e-9
     )
+
+
+def test_bootstrap_intervals_by_hand():
+    from headgame.fep.entropy import basic_ci, bootstrap_ci, percentile_ci
+
+    samples = torch.arange(101, dtype=torch.float64)  # quantiles 5 and 95 at level 0.9
+    lo, hi = percentile_ci(samples, 0.9)
+    assert (float(lo), float(hi)) == pytest.approx((5.0, 95.0))
+    lo, hi = basic_ci(samples, 60.0, 0.9)  # reflected about the estimate: 2*60 - 95, 2*60 - 5
+    assert (float(lo), float(hi)) == pytest.approx((25.0, 115.0))
+    lo, hi = bootstrap_ci(samples / 100, 0.6, 0.9, "basic", bounds=(0.0, 1.0))  # a share stays in [0, 1]
+    assert (float(lo), float(hi)) == pytest.approx((0.25, 1.0))
+    with pytest.raises(ValueError, match="unknown bootstrap interval"):
+        bootstrap_ci(samples, 1.0, 0.9, "bca")

@@ -95,9 +95,17 @@ def test_analyse_layer_and_rows():
     rows = dividend_rows(info)
     assert len(rows) == 15 and rows[0]["order"] == 1 and rows[-1]["order"] == 4
     pair01 = next(r for r in rows if r["heads"] == "0-1")
-    assert pair01["value"] == pytest.approx(float(info.ent.h1[0])) and pair01["ci_low"] <= pair01["value"] + 1e-9
+    assert pair01["value"] == pytest.approx(float(info.ent.h1[0])) and 0.0 <= pair01["ci_low"] <= pair01["ci_high"]
     s = info.summary_dict()
     assert s["layer"] == 3 and "frac_negative" in s["triples"] and "triples_ci" in s and "coalitions" in s
+    lo, hi = s["triples_ci"]["frac_negative"]
+    assert 0.0 <= lo <= hi <= 1.0
+    # the basic interval is the percentile one reflected about the estimate
+    pct = analyse_layer(3, x, seq, 64, InfoOptions(bootstrap=20, mcmc_steps=0, ci_method="percentile"))
+    p_lo, p_hi = pct.summary_dict()["triples_ci"]["mean"]
+    b_lo, b_hi = s["triples_ci"]["mean"]
+    assert b_lo == pytest.approx(2 * s["triples"]["mean"] - p_hi, abs=1e-12)
+    assert b_hi == pytest.approx(2 * s["triples"]["mean"] - p_lo, abs=1e-12)
     wide = analyse_layer(0, x, seq, 64, InfoOptions(bootstrap=0, mcmc_steps=0, full_max_heads=3))
     assert wide.table is None and "gibbs" not in wide.scores
     np.testing.assert_allclose(wide.scores["fep-exact"], info.scores["fep-exact"], atol=1e-12)

@@ -34,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--alphabet", default=d.alphabet, choices=["absolute", "relative"], help="argmax key index or offset q-k (default absolute)")
     p.add_argument("--miller-madow", action="store_true", help="apply the Miller-Madow bias correction to every entropy")
     p.add_argument("--bootstrap", type=int, default=d.bootstrap, help=f"bootstrap resamples over sequences for CIs, 0 = none (default {d.bootstrap})")
+    p.add_argument("--ci-method", default=d.ci_method, choices=["basic", "percentile"], help="bootstrap interval: basic (bias-corrected for plug-in entropies) or percentile (default basic)")
     p.add_argument("--full-max-heads", type=int, default=d.full_max_heads, help=f"all 2^H dividends for layers with at most this many heads (default {d.full_max_heads})")
     p.add_argument("--beta", type=float, default=d.beta, help="precision of the Gibbs distributions, 1/bit (default 1)")
     p.add_argument("--mcmc-steps", type=int, default=d.mcmc_steps, help=f"MCMC steps over coalition structures per layer, 0 = skip (default {d.mcmc_steps})")
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = FepConfig(
         model=args.model, data=args.data, text_field=args.text_field, data_dir=args.data_dir, gsm8k_format=args.gsm8k_format,
         max_tokens=args.max_tokens, seq_len=args.seq_len, batch_size=args.batch_size, layers=args.layers,
-        alphabet=args.alphabet, miller_madow=args.miller_madow, bootstrap=args.bootstrap, full_max_heads=args.full_max_heads,
+        alphabet=args.alphabet, miller_madow=args.miller_madow, bootstrap=args.bootstrap, ci_method=args.ci_method, full_max_heads=args.full_max_heads,
         beta=args.beta, mcmc_steps=args.mcmc_steps, mcmc_burn_in=args.mcmc_burn_in, fraction=args.fraction,
         per_layer=args.per_layer, ablation_tokens=args.ablation_tokens, table_format=args.table_format, out=args.out,
         seed=args.seed, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
@@ -79,9 +80,11 @@ def print_summary(result: dict, console) -> None:
     def f(x, d=3):
         return "–" if x is None or (isinstance(x, float) and not math.isfinite(x)) else (f"{x:.{d}f}" if isinstance(x, float) else str(x))
 
-    t = Table(title=f"GT-FEP dividends · {result['model']['spec']} · {result['data']['n_observations']} observations/layer")
-    for col in ("layer", "H̄ bits", "MI mean", "triples<0", "95% CI", "triple mean", "median", "Wilcoxon p"):
-        t.add_column(col, justify="right")
+    t = Table(title=f"GT-FEP · {result['model']['spec']} · {result['data']['n_observations']} observations/layer",
+              caption="H̄: mean head entropy (bits); MI: mean pair dividend; triple dividends: share < 0 with its bootstrap "
+                      "CI, mean, median, one-sided Wilcoxon p")
+    for col in ("layer", "H̄", "MI", "<0", "95% CI", "mean", "median", "p(<0)"):
+        t.add_column(col, justify="right", no_wrap=True)
     for lay in result["layers"]:
         tr = lay["triples"]
         ci = lay.get("triples_ci", {}).get("frac_negative")

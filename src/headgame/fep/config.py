@@ -49,6 +49,9 @@ class FepConfig(ConfigMixin):
     """Add the Miller–Madow correction (m − 1)/(2 n ln 2) to every entropy."""
     bootstrap: int = 200
     """Bootstrap resamples over sequences for the CIs of pair/triple dividends (0 = none)."""
+    ci_method: str = "basic"
+    """Bootstrap interval: basic (reflected about the estimate, correcting the downward shift of
+    resampled plug-in entropies) or percentile (spec §3.2's default)."""
     full_max_heads: int = 12
     """Compute all 2^H subset dividends for layers with at most this many heads."""
     beta: float = 1.0
@@ -92,6 +95,8 @@ class FepConfig(ConfigMixin):
             raise HeadgameError(f"--mcmc-burn-in {self.mcmc_burn_in} must be below --mcmc-steps {self.mcmc_steps}; e.g. 2000 of 20000")
         if self.alphabet not in ("absolute", "relative"):
             raise HeadgameError(f"--alphabet {self.alphabet} is not known; use absolute or relative")
+        if self.ci_method not in ("basic", "percentile"):
+            raise HeadgameError(f"--ci-method {self.ci_method} is not known; use basic or percentile")
         if self.table_format not in TABLE_FORMATS:
             raise HeadgameError(f"--format {self.table_format} is not known; use csv or parquet")
         if self.gsm8k_format not in ("qa", "answer", "question"):

@@ -22,7 +22,7 @@ from headgame.fep.entropy import (
     dense_codes,
     entropy_from_counts,
     low_order_entropies,
-    percentile_ci,
+    bootstrap_ci,
     subset_entropy_table,
 )
 from headgame.fep.gibbs import PartitionChain, inclusion_probabilities, mcmc_partitions, subset_gibbs
@@ -41,6 +41,7 @@ class InfoOptions:
     mcmc_steps: int = 20_000  # 0 = skip the coalition-structure chain
     mcmc_burn_in: int = 2_000
     ci_level: float = 0.95
+    ci_method: str = "basic"  # or "percentile" (spec §3.2's default; biased for plug-in entropies)
 
 
 @dataclass
@@ -143,18 +144,20 @@ def analyse_layer(layer: int, x: torch.Tensor, seq: torch.Tensor, alphabet_size:
         b2 = dv.pair_dividends(ent.boot1, ent.boot2)  # [R, H, H]
         b3 = dv.triple_dividends(ent.boot1, ent.boot2, ent.boot3)  # [R, H, H, H]
         pv, tv = dv.pair_values(b2), dv.triple_values(b3)  # [R, C2], [R, C3]
+        ci = lambda samples, est, bounds=None: bootstrap_ci(samples, est, opts.ci_level, opts.ci_method, bounds)  # noqa: E731
         if pv.shape[-1]:
-            lo, hi = percentile_ci(pv, opts.ci_level)
+            lo, hi = ci(pv, dv.pair_values(d2), (0.0, math.inf))  # MI ≥ 0
             info.pair_ci = (lo.numpy(), hi.numpy())
         if tv.shape[-1]:
-            lo, hi = percentile_ci(tv, opts.ci_level)
+            t_est = dv.triple_values(d3)
+            lo, hi = ci(tv, t_est)
             info.triple_ci = (lo.numpy(), hi.numpy())
             stats = {
-                "mean": tv.mean(-1),
-                "median": tv.median(-1).values,
-                "frac_negative": (tv < 0).to(torch.float64).mean(-1),
+                "mean": (tv.mean(-1), t_est.mean(), None),
+                "median": (tv.quantile(0.5, dim=-1), t_est.quantile(0.5), None),
+                "frac_negative": ((tv < 0).to(torch.float64).mean(-1), (t_est < 0).to(torch.float64).mean(), (0.0, 1.0)),
             }
-            info.summary_ci = {k: [float(a), float(b)] for k, v in stats.items() for a, b in [percentile_ci(v, opts.ci_level)]}
+            info.summary_ci = {k: [float(a), float(b)] for k, (v, est, bounds) in stats.items() for a, b in [ci(v, est, bounds)]}
     return info
 
 

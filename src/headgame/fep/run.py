@@ -162,7 +162,7 @@ def run_fep(cfg: FepConfig, *, progress: bool = True, console: Any = None, repor
             raise HeadgameError(f"only {symbols.n_obs} observation(s); raise --max-tokens")
         t0 = time.perf_counter()
         task = bar.add_task("dividends", total=len(layers))
-        opts = InfoOptions(miller_madow=cfg.miller_madow, bootstrap=cfg.bootstrap, seed=cfg.seed, full_max_heads=cfg.full_max_heads,
+        opts = InfoOptions(miller_madow=cfg.miller_madow, bootstrap=cfg.bootstrap, ci_method=cfg.ci_method, seed=cfg.seed, full_max_heads=cfg.full_max_heads,
                            beta=cfg.beta, mcmc_steps=cfg.mcmc_steps, mcmc_burn_in=cfg.mcmc_burn_in)
         infos = analyse_symbols(symbols, opts, on_layer=lambda l: bar.advance(task))
         timing["dividends_s"] = time.perf_counter() - t0
@@ -215,8 +215,9 @@ def run_fep(cfg: FepConfig, *, progress: bool = True, console: Any = None, repor
                          "triples = I(X;Y|Z) − I(X;Y): negative = redundancy",
             "wilcoxon": "one-sided signed-rank test of a layer's triple dividends against 0 (H1: median < 0); triples share heads, "
                         "so the p-value is descriptive",
-            "bootstrap": "percentile intervals over sequences (spec §3.2); a resample repeats sequences, which lowers plug-in joint "
-                         "entropies, so intervals of entropy-based quantities are shifted and need not contain the point estimate",
+            "bootstrap": f"{cfg.ci_method} intervals over sequences (spec §3.2); a resample repeats sequences, which lowers plug-in "
+                         "joint entropies and shifts every resampled quantity; the basic interval (2θ̂ − q_hi, 2θ̂ − q_lo) "
+                         "corrects that shift, the percentile interval need not contain the estimate",
             "fep_score": "m_i^(≤3) truncates H(X_i | rest) at order 3 (spec §3.7); where a layer's pair and triple dividends are "
                          "large the truncation leaves [0, H_i] (it can be negative or exceed H_i), so ε and global rankings "
                          "across layers inherit that error; fep-exact is bounded but saturates",
