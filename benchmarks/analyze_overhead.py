@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import statistics
 import time
@@ -25,21 +24,12 @@ from pathlib import Path
 
 import torch
 
-from headgame.analyze import CouplingCollector, package_versions
+from headgame.analyze import CouplingCollector
+from headgame.system import cpu_name, package_versions
 from headgame.models.load import load_model
 from headgame.models.objective import Objective, activation_gradients
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown cpu"
 
 
 def main() -> None:

@@ -34,11 +34,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from headgame.analyze import package_versions
 from headgame.models.load import load_model
 from headgame.models.surgery import pruned_copy
 from headgame.prune import cost
-from headgame.prune.run import cpu_name
+from headgame.system import cpu_name, package_versions
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from headgame.analyze import package_versions
+from headgame.system import device_name, package_versions
 from headgame.train.config import TrainConfig
 from headgame.train.loop import Trainer
 
@@ -94,7 +94,7 @@ def main() -> None:
         **{f"ratio_nash_mtl_every_{k}": med[f"game_lora_nash_mtl_every_{k}"] / med["ce"] for k in every},
         "tokens_per_s": {k: tokens / v for k, v in med.items()},
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "device": _device(),
+        "device": device_name(),
         "mixed_precision": args.mixed_precision,
         "target": "ratio_nash_mtl <= 1.10",
         "note": NOTE,
@@ -106,18 +106,6 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k.startswith("ratio") or k in ("tokens_per_s", "device")}, indent=1))
-
-
-def _device() -> str:
-    if torch.cuda.is_available():
-        return f"cuda: {torch.cuda.get_device_name(0)}"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"cpu: {line.split(':', 1)[1].strip()}, {torch.get_num_threads()} threads"
-    except OSError:
-        pass
-    return "cpu"
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as _dt
 import io
 import math
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +29,7 @@ from headgame.io import write_bytes_atomic, write_json_atomic, write_text_atomic
 from headgame.models.layout import HeadLayout
 from headgame.models.objective import Objective, activation_gradients
 from headgame.models.tap import HeadTap
+from headgame.system import package_versions  # noqa: F401  (re-exported for callers)
 
 STATE_FILE = ".analyze-state.pt"
 
@@ -181,18 +181,6 @@ def summarise(layers: list[dict[str, Any]]) -> dict[str, Any]:
         "gamma_max": gammas[i_max], "gamma_max_layer": layers[i_max]["layer"],
         "gamma_min": gammas[i_min], "gamma_min_layer": layers[i_min]["layer"],
     }
-
-
-def package_versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version(), "headgame": __version__}
-    for name in ("torch", "transformers", "numpy", "scipy", "scikit-learn", "peft", "accelerate"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            pass
-    return out
 
 
 def check_writable(out: Path) -> None:

@@ -14,6 +14,7 @@ import importlib
 from collections.abc import Sequence
 
 from headgame import __version__
+from headgame.cliargs import add_model_arg, add_run_args, add_text_args
 from headgame.errors import HeadgameError
 
 
@@ -44,27 +45,22 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
             "analysis.json, config.yaml, PNG heatmaps and a self-contained report.html."
         ),
     )
-    p.add_argument("--model", default=d.model, help=f"packaged name, .gguf file, model folder or hub id (default {d.model})")
+    add_model_arg(p, d.model)
     p.add_argument("--data", default=d.data, help="text source: default (packaged corpus), a .txt/.jsonl file or folder, gutenberg, hf:NAME[:CONFIG][:SPLIT]")
-    p.add_argument("--text-field", default=d.text_field, help="JSON/JSONL field holding the text (default text)")
-    p.add_argument("--data-dir", default=None, help="folder of the public data files (default $HEADGAME_DATA_DIR)")
+    add_text_args(p, d.text_field)
     p.add_argument("--max-tokens", type=int, default=d.max_tokens, help=f"token budget (default {d.max_tokens})")
     p.add_argument("--seq-len", type=int, default=d.seq_len, help=f"tokens per block (default {d.seq_len})")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"blocks per step (default {d.batch_size})")
     p.add_argument("--layers", default=d.layers, help="all, 5, 0,3,7 or 10-19 (default all)")
     p.add_argument("--heatmap-layers", default=None, help="layers drawn as G heatmaps (default: first, middle, last, max-Γ, min-Γ)")
-    p.add_argument("--out", default=d.out, help=f"output folder (default {d.out})")
     p.add_argument("--no-redundancy", action="store_true", help="skip the head cross-correlation statistics")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed for masked-LM masking and clustering")
-    p.add_argument("--dtype", default=d.dtype, choices=["float32", "bfloat16", "float16"], help="model dtype")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow custom modelling code from a hub repository")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="save accumulators every N batches (0 = never)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out from its last checkpoint")
     p.add_argument("--adapter", default=None, help="a peft adapter folder (e.g. headgame train's OUT/adapter) applied to --model")
     p.add_argument("--merge-adapter", action="store_true", help="merge --adapter into the weights before analysing")
     p.add_argument("--compare", nargs=2, metavar=("BEFORE.json", "AFTER.json"), default=None,
                    help="compare two analyses instead: ΔG, ΔΓ and the selective-coordination test; writes compare.json/.html to --out")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_run_args(p, d, seed_help="seed for masked-LM masking and clustering")
     p.set_defaults(func=_run_analyze)
 
 

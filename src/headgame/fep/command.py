@@ -8,6 +8,7 @@ import os
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from headgame.cliargs import add_model_arg, add_run_args, add_text_args
     from headgame.fep.config import FepConfig
 
     d = FepConfig()
@@ -22,10 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             "dividends.csv|parquet, layer_summary.csv, head_scores.csv, fep.json, PNG histograms and report.html."
         ),
     )
-    p.add_argument("--model", default=d.model, help=f"packaged name, .gguf file, model folder or hub id (default {d.model})")
+    add_model_arg(p, d.model)
     p.add_argument("--data", default=d.data, help="gsm8k (test problems, one sequence each), auto (gsm8k when available, else the packaged corpus), or any analyze source (default auto)")
-    p.add_argument("--text-field", default=d.text_field, help="JSON/JSONL field holding the text (default text)")
-    p.add_argument("--data-dir", default=None, help="folder of the public data files (default $HEADGAME_DATA_DIR)")
+    add_text_args(p, d.text_field)
     p.add_argument("--gsm8k-format", default=d.gsm8k_format, choices=["qa", "answer", "question"], help="GSM8K text format (default qa)")
     p.add_argument("--max-tokens", type=int, default=d.max_tokens, help=f"token budget (default {d.max_tokens})")
     p.add_argument("--seq-len", type=int, default=d.seq_len, help=f"tokens per sequence (default {d.seq_len})")
@@ -43,17 +43,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--per-layer", action="store_true", help="ε-Nash pruning within each layer instead of globally")
     p.add_argument("--ablation-tokens", type=int, default=d.ablation_tokens, help=f"tokens for per-head ablation ΔNLL (Spearman check), 0 = skip (default {d.ablation_tokens})")
     p.add_argument("--format", dest="table_format", default=d.table_format, choices=["csv", "parquet"], help="dividends table format (default csv)")
-    p.add_argument("--out", default=d.out, help=f"output folder (default {d.out})")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed for GSM8K sampling, bootstrap and MCMC (default 0)")
-    p.add_argument("--dtype", default=d.dtype, choices=["float32", "bfloat16", "float16"], help="model dtype (default float32)")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow custom modelling code from a hub repository")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_run_args(p, d, seed_help="seed for GSM8K sampling, bootstrap and MCMC")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from headgame.cliargs import add_model_arg, add_run_args, add_text_args
     from headgame.fep.config import FepConfig
     from headgame.fep.run import run_fep
 

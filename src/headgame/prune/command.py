@@ -7,6 +7,7 @@ import os
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from headgame.cliargs import add_model_arg, add_run_args, add_text_args
     from headgame.prune.config import DEFAULT_COMPARE, PruneConfig
     from headgame.prune.criteria import CRITERIA
 
@@ -22,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "pruning_table.md/.csv, head_scores.csv, config.yaml and the pruned model (safetensors) in OUT/model."
         ),
     )
-    p.add_argument("--model", default=d.model, help=f"packaged name, .gguf file, model folder or hub id (default {d.model})")
+    add_model_arg(p, d.model)
     p.add_argument("--criterion", default=d.criterion, help=f"one of {', '.join(CRITERIA)} (default {d.criterion})")
     p.add_argument("--fraction", type=float, default=d.fraction, help=f"share of heads to prune, in (0, 1) (default {d.fraction})")
     p.add_argument("--per-layer", action="store_true", help="prune round(fraction x H) heads in every layer instead of ranking globally")
@@ -30,8 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--criteria", default=DEFAULT_COMPARE, help=f"criteria for --compare-criteria (default {DEFAULT_COMPARE})")
     p.add_argument("--random-seeds", type=int, default=d.random_seeds, help=f"seeds of random pruning, mean ± sd (default {d.random_seeds})")
     p.add_argument("--score-data", default=d.score_data, help="text for scoring heads: auto, gsm8k or any analyze source (default auto)")
-    p.add_argument("--text-field", default=d.text_field, help="JSON/JSONL field holding the text (default text)")
-    p.add_argument("--data-dir", default=None, help="folder of the public data files (default $HEADGAME_DATA_DIR)")
+    add_text_args(p, d.text_field)
     p.add_argument("--gsm8k-format", default=d.gsm8k_format, choices=["qa", "answer", "question"], help="GSM8K text format (default qa)")
     p.add_argument("--score-tokens", type=int, default=d.score_tokens, help=f"tokens of the GT-FEP analysis (default {d.score_tokens})")
     p.add_argument("--loss-tokens", type=int, default=d.loss_tokens, help=f"tokens for ablation/michel/attention-entropy/coupling (default {d.loss_tokens})")
@@ -58,11 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gen-new-tokens", type=int, default=d.gen_new_tokens, help=f"new tokens per generation (default {d.gen_new_tokens})")
     p.add_argument("--gen-repeats", type=int, default=d.gen_repeats, help=f"timed generation rounds (default {d.gen_repeats})")
     p.add_argument("--no-save-model", action="store_true", help="do not save the pruned model")
-    p.add_argument("--out", default=d.out, help=f"output folder (default {d.out})")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed (default 0)")
-    p.add_argument("--dtype", default=d.dtype, choices=["float32", "bfloat16", "float16"], help="model dtype (default float32)")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow custom modelling code from a hub repository")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_run_args(p, d, seed_help="seed of random pruning and GSM8K sampling")
     p.set_defaults(func=run)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-import platform
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from headgame import __version__
 from headgame.errors import HeadgameError
 from headgame.prune.config import PruneConfig
 from headgame.prune.criteria import Criterion, ScoreContext, get_criterion
+from headgame.system import cpu_name
 
 
 @dataclass
@@ -40,16 +40,6 @@ class Variant:
     model: Any = None
     record: Any = None
     results: dict[str, Any] = field(default_factory=dict)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown cpu"
 
 
 def device_info(dtype: str) -> dict[str, Any]:

@@ -14,9 +14,10 @@ import random
 import re
 import string
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, ClassVar
 
-from headgame.evaluate.data import Found, locate
+from headgame.evaluate.data import Found, iter_jsonl, locate, require
 from headgame.evaluate.registry import Registry
 
 
@@ -63,6 +64,20 @@ class Task:
     def docs(self) -> list[dict]:
         """Every document of the evaluation split, in file order."""
         raise NotImplementedError
+
+    def jsonl_docs(self, fields: tuple[str, ...], check: Callable[[dict, Any, int], None] | None = None) -> list[dict]:
+        """Rows from the hub, or the located JSONL file's records, each required to hold
+        ``fields`` (and to pass ``check(record, path, line)``, which raises on a bad one)."""
+        found = self.locate()
+        if found.rows is not None:
+            return found.rows
+        docs = []
+        for n, obj in iter_jsonl(found.path):
+            require(obj, fields, found.path, n)
+            if check is not None:
+                check(obj, found.path, n)
+            docs.append(obj)
+        return docs
 
     # ---------------------------------------------------------------- per item
     def requests(self, doc: dict) -> list[Any]:

@@ -10,7 +10,7 @@ of the Halluc/Knowledge aggregates.
 from __future__ import annotations
 from typing import Any
 
-from headgame.evaluate.data import FromDataDir, FromHub, iter_jsonl, require
+from headgame.evaluate.data import FromDataDir, FromHub
 from headgame.evaluate.requests import RollingRequest
 from headgame.evaluate.tasks.base import TASKS, Task
 
@@ -38,14 +38,7 @@ class GSM8KPerplexity(Task):
         return [FromDataDir("gsm8k/test.jsonl"), FromHub("gsm8k", "main", "test")]
 
     def docs(self) -> list[dict]:
-        found = self.locate()
-        if found.rows is not None:
-            return found.rows
-        docs = []
-        for n, obj in iter_jsonl(found.path):
-            require(obj, ("question", "answer"), found.path, n)
-            docs.append(obj)
-        return docs
+        return self.jsonl_docs(("question", "answer"))
 
     def requests(self, doc: dict) -> list[Any]:
         return [RollingRequest(FORMATS[self.text_format](doc))]

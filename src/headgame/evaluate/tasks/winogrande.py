@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from headgame.errors import HeadgameError
-from headgame.evaluate.data import FromDataDir, FromHub, iter_jsonl, require
+from headgame.evaluate.data import FromDataDir, FromHub
 from headgame.evaluate.requests import LoglikelihoodRequest
 from headgame.evaluate.tasks.base import TASKS, Task, mc_record
 
@@ -35,16 +35,11 @@ class Winogrande(Task):
         return [FromDataDir("winogrande/dev.jsonl"), FromHub("allenai/winogrande", "winogrande_xl", "validation")]
 
     def docs(self) -> list[dict]:
-        found = self.locate()
-        if found.rows is not None:
-            return found.rows
-        docs = []
-        for n, obj in iter_jsonl(found.path):
-            require(obj, ("sentence", "option1", "option2", "answer"), found.path, n)
+        def check(obj: dict, path: Any, n: int) -> None:
             if "_" not in obj["sentence"] or str(obj["answer"]) not in ("1", "2"):
-                raise HeadgameError(f"{found.path} line {n}: the sentence needs a '_' blank and the answer must be 1 or 2; fix or re-download the file")
-            docs.append(obj)
-        return docs
+                raise HeadgameError(f"{path} line {n}: the sentence needs a '_' blank and the answer must be 1 or 2; fix or re-download the file")
+
+        return self.jsonl_docs(("sentence", "option1", "option2", "answer"), check)
 
     def requests(self, doc: dict) -> list[Any]:
         contexts, cont = split_sentence(doc)
