@@ -79,7 +79,11 @@ def test_cad_contrasts_with_and_without_the_evidence(tiny):
     assert abs(got[0] - plain[0]) > 1e-3
 
 
-def test_dola_formula(tiny):
+@pytest.mark.parametrize("chunk", [64, 1])
+def test_dola_formula(tiny, monkeypatch, chunk):
+    from headgame.evaluate.decoding import DoLa
+
+    monkeypatch.setattr(DoLa, "chunk", chunk)  # 1: every position in its own pass
     model, tok, _ = tiny
     n = model.config.num_hidden_layers
     method = make_method("dola", layers="0,1", relative_top=0.1)
@@ -182,7 +186,8 @@ def test_jsd_is_symmetric_and_zero_on_equal():
 
 @pytest.mark.parametrize("name", ["dola", "actdec"])
 def test_rolling_loglikelihood_uses_a_proper_distribution(tiny, name):
-    """No plausibility floor in perplexity: the score is log_softmax of the method's contrast."""
+    """No plausibility floor in perplexity: a distribution over the whole vocabulary."""
+    from headgame.evaluate.decoding import dola_proper, plausible_mask
     from headgame.evaluate.requests import RollingRequest
 
     model, tok, _ = tiny
@@ -194,11 +199,29 @@ def test_rolling_loglikelihood_uses_a_proper_distribution(tiny, name):
     ids = [sc.tokens.prefix_token] + toks
     logits, hidden = _full(model, ids[:-1])
     final = F.log_softmax(logits, -1)
-    if name == "dola":
-        contrast = final - F.log_softmax(_early(model, hidden[0], 0, n), -1)
+    if name == "dola":  # one candidate layer (0): it is the premature layer at every position
+        scores = dola_proper(final, F.log_softmax(_early(model, hidden[0], 0, n), -1), plausible_mask(final, 0.1))
     else:
         early = _early(model, hidden[1], 1, n).double()
         ent = torch.stack([-(torch.softmax(early[: t + 1], 0) * torch.log_softmax(early[: t + 1], 0)).sum(0) for t in range(len(toks))]).float()
-        contrast = final - 0.5 * ent
-    want = F.log_softmax(contrast, -1)[torch.arange(len(toks)), torch.tensor(toks)].sum().item()
+        scores = F.log_softmax(final - 0.5 * ent, -1)
+    assert torch.allclose(scores.exp().sum(-1), torch.ones(len(toks)), atol=1e-4)
+    want = scores[torch.arange(len(toks)), torch.tensor(toks)].sum().item()
     assert res.logprob == pytest.approx(want, abs=1e-3) and res.logprob / len(toks) > -20
+
+
+def test_dola_proper_distribution_by_hand():
+    """Inside the plausible set: its final-layer mass shared by the contrast; outside: q_N."""
+    from headgame.evaluate.decoding import dola_proper, plausible_mask
+
+    q_n = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    q_m = torch.tensor([[0.7, 0.1, 0.1, 0.1]])
+    final, premature = q_n.log(), q_m.log()
+    mask = plausible_mask(final, 0.25)  # q_N >= 0.125: the first three tokens
+    assert mask.tolist() == [[True, True, True, False]]
+    got = dola_proper(final, premature, mask).exp()[0]
+    ratio = (q_n / q_m)[0, :3]
+    want_head = 0.95 * ratio / ratio.sum()  # q_N(V_head) = 0.95
+    assert torch.allclose(got[:3], want_head, atol=1e-6)
+    assert got[3].item() == pytest.approx(0.05, abs=1e-7)
+    assert got.sum().item() == pytest.approx(1.0, abs=1e-6)

@@ -25,10 +25,13 @@ predicted) and it returns ``[N, V]`` log-scores. Registered methods:
     scaled to the model depth: l = round(0.8125·N). Positions are causal (j ≤ t, prompt and
     answer so far), so scoring an answer never looks at its own future tokens.
 
-Rolling log-likelihood (WikiText, GSM8K perplexity) uses each method's distribution over the
-whole vocabulary, without the plausibility floor (a floor of −1000 nats would swamp any
-perplexity): ``log_softmax(log q_N − log q_M)`` for DoLa, ``log_softmax(log q_N − α·E)`` for
-ActDec.
+Rolling log-likelihood (WikiText, GSM8K perplexity) needs a distribution over the whole
+vocabulary (a floor of −1000 nats would swamp any perplexity). DoLa: the plausible set keeps
+its final-layer mass q_N(V_head), shared out within it by the contrast log q_N − log q_M, and
+every other token keeps q_N (:func:`dola_proper`); a log_softmax of the contrast over the
+whole vocabulary would hand most of the mass to tokens the premature layer rules out, whatever
+their plausibility. ActDec: ``log_softmax(log q_N − α·E)`` (E is bounded by log T, so the
+reweighting stays mild).
 
 Early-exit logits (DoLa, ActDec) apply the model's final norm and LM head to an intermediate
 hidden state (``hidden_states`` index: 0 = embeddings, N = final).
@@ -134,6 +137,20 @@ def jsd(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     return 0.5 * ((logp.exp() * (logp - m)).sum(-1) + (logq.exp() * (logq - m)).sum(-1))
 
 
+def dola_proper(final: torch.Tensor, premature: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """DoLa as a distribution over the whole vocabulary, for perplexity.
+
+    The plausible set keeps the probability mass the final layer gives it, shared out by the
+    contrast log q_N − log q_M; every other token keeps its final-layer probability. Plain
+    log_softmax of the contrast over all tokens is not usable: a token the premature layer
+    all but rules out gets a huge boost, however implausible it is.
+    """
+    neg = torch.full_like(final, -math.inf)
+    head_mass = torch.logsumexp(torch.where(mask, final, neg), dim=-1, keepdim=True)  # log q_N(V_head)
+    shared = F.log_softmax(torch.where(mask, final - premature, neg), dim=-1)  # contrast within V_head
+    return torch.where(mask, head_mass + shared, final)
+
+
 @DECODING.register("dola")
 @dataclass
 class DoLa(DecodingMethod):
@@ -145,17 +162,27 @@ class DoLa(DecodingMethod):
     def hidden_layers(self, n_layers: int) -> tuple[int, ...]:
         return dola_candidates(n_layers, self.layers, self.tied_embeddings)
 
+    chunk: ClassVar[int] = 64  # positions per pass: keeps the [C, n, V] early-exit tensor small
+
     def logprobs(self, parts: ModelParts, states: PositionStates, *, proper: bool = False) -> torch.Tensor:
+        n = states.views[0].shape[0]
+        if n > self.chunk:
+            return torch.cat([
+                self.logprobs(parts, PositionStates([v[i:i + self.chunk] for v in states.views],
+                                                    {l: h[i:i + self.chunk] for l, h in states.layers.items()}), proper=proper)
+                for i in range(0, n, self.chunk)
+            ])
         final = F.log_softmax(parts.logits(states.views[0]), dim=-1)  # [N, V]
         cands = sorted(states.layers)
         early = torch.stack([F.log_softmax(parts.logits(states.layers[l], l), dim=-1) for l in cands])  # [C, N, V]
         div = jsd(final.unsqueeze(0).expand_as(early), early)  # [C, N]
         pick = div.argmax(dim=0)  # [N]
         premature = early[pick, torch.arange(final.shape[0])]  # [N, V]
-        contrast = F.log_softmax(final - premature, dim=-1)
+        mask = plausible_mask(final, self.relative_top)
         if proper:
-            return contrast
-        return torch.where(plausible_mask(final, self.relative_top), contrast, torch.full_like(contrast, FLOOR))
+            return dola_proper(final, premature, mask)
+        contrast = F.log_softmax(final - premature, dim=-1)
+        return torch.where(mask, contrast, torch.full_like(contrast, FLOOR))
 
     def describe(self) -> dict:
         return {"name": self.name, "candidate_layers": self.layers, "relative_top": self.relative_top,
