@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -66,6 +67,15 @@ def test_prune_fep_compare_criteria(tmp_path, files, capsys):
     loaded = load_pruned(out / "model")
     assert loaded.info["pruning"]["removed_heads"] == fep["pruned_heads"]
     assert "unpruned" in captured.out
+    # the terminal table fits 80 columns without cutting a cell
+    from rich.console import Console
+
+    from headgame.prune.command import print_table
+
+    console = Console(width=80, record=True, file=open(os.devnull, "w"))
+    print_table(res, console)
+    text = console.export_text()
+    assert "…" not in text and "random (mean)" in text and max(len(l) for l in text.splitlines()) <= 80
 
 
 def test_prune_bert_per_layer(tmp_path, files):

@@ -90,18 +90,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_table(result: dict, console) -> None:
+    from rich import box
     from rich.table import Table
 
-    from headgame.prune.report import compact, table
+    from headgame.prune.report import compact
 
-    header, rows = compact(*table(result))
-    t = Table(title=f"headgame prune · {result['model']['spec']} · {100 * result['budget']['fraction']:.0f}% of heads")
+    header, rows = compact(result)
+    t = Table(title=f"headgame prune · {result['model']['spec']} · {100 * result['budget']['fraction']:.0f}% of heads",
+              box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, caption="speed-up: measured / FLOP-implied (forward); ppl with its change")
     for h in header:
-        t.add_column(h, justify="right" if h != "model" else "left", no_wrap=h == "model")
+        t.add_column(h, justify="right" if h != "model" else "left", no_wrap=True)
     for r in rows:
         t.add_row(*r)
     console.print(t)
-    console.print("random: mean ± sd over its seeds; all columns (tokens/s, generation, KV heads, ε): pruning_table.md",
+    console.print("random: the mean over its seeds (sd in pruning_table.md, with every other column: tokens/s, generation, KV heads, ε)",
                   highlight=False)
     for key, text in result.get("notes", {}).items():
         if key.startswith("perplexity_"):

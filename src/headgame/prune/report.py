@@ -51,19 +51,32 @@ def _cell(values: Mapping[str, Any], key: str, kind: str) -> str:
     return _fmt(v, kind)
 
 
-COMPACT = {"model": "model", "heads pruned": "pruned", "FLOPs −% (analytic)": "FLOPs−%", "FLOPs −% (measured)": "meas.−%",
-           "speed-up (measured)": "speed-up", "speed-up (FLOP-implied)": "implied", "gsm8k ppl": "GSM8K ppl",
-           "gsm8k ppl Δ%": "Δ%", "wikitext2 ppl": "Wiki ppl", "wikitext2 ppl Δ%": "Δ% "}
+def compact(result: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """A table that fits an 80-column terminal: pruned heads, FLOP cut, speed-up (measured /
+    FLOP-implied) and each perplexity with its change; random shows its mean over seeds."""
+    from headgame.prune.run import flat_metrics
 
+    sets = [s["name"] for s in result.get("data", {}).get("perplexity_sets", [])]
+    header = ["model", "heads", "FLOPs−%", "speed-up"] + [f"{s} ppl" for s in sets]
 
-def compact(header: list[str], rows: list[list[str]]) -> tuple[list[str], list[list[str]]]:
-    """The columns that fit a terminal, with short names; random's label shortened."""
-    keep = [i for i, h in enumerate(header) if h in COMPACT]
-    short = [[r[i] for i in keep] for r in rows]
-    for r in short:
-        if r[0].startswith("random ("):
-            r[0] = "random"
-    return [COMPACT[header[i]] for i in keep], short
+    def mean(values: Mapping[str, Any], key: str) -> Any:
+        v = values.get(key)
+        return v.get("mean") if isinstance(v, Mapping) else v
+
+    def row(label: str, values: Mapping[str, Any], speed: str) -> list[str]:
+        cells = [label, _fmt(mean(values, "n_pruned"), "int"), _fmt(mean(values, "flops_reduction_analytic"), "pct"), speed]
+        for name in sets:
+            ppl, change = mean(values, f"ppl_{name}"), mean(values, f"ppl_{name}_change")
+            cells.append(_fmt(ppl, "f2") + ("" if change is None else f" {100 * change:+.0f}%"))
+        return cells
+
+    rows = [row("unpruned", flat_metrics({**result["base"], "n_pruned": 0}), "1.000")]
+    for name, res in result.get("results", {}).items():
+        values = res["summary"] if name == "random" else flat_metrics(res)
+        measured, implied = mean(values, "measured_speedup"), mean(values, "flop_implied_speedup")
+        speed = "–" if measured is None else f"{measured:.3f}/{implied:.3f}"
+        rows.append(row("random (mean)" if name == "random" else name, values, speed))
+    return header, rows
 
 
 def table(result: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
