@@ -103,8 +103,9 @@ def print_table(result: dict, console) -> None:
     for r in rows:
         t.add_row(*r)
     console.print(t)
-    console.print("random: the mean over its seeds (sd in pruning_table.md, with every other column: tokens/s, generation, KV heads, ε)",
-                  highlight=False)
+    if "random" in result.get("results", {}):
+        console.print("random: the mean over its seeds (sd in pruning_table.md, with every other column: tokens/s, generation, KV heads, ε)",
+                      highlight=False)
     for key, text in result.get("notes", {}).items():
         if key.startswith("perplexity_"):
             console.print(f"note: {key}: {text}", highlight=False)
