@@ -10,9 +10,15 @@ from typing import Any
 from headgame.errors import HeadgameError
 
 
-def _positive(name: str, value: int, flag: str) -> None:
-    if not isinstance(value, int) or value <= 0:
-        raise HeadgameError(f"{flag} must be a positive integer, got {value!r}; pass e.g. {flag} {dict(seq_len=256, batch_size=4, max_tokens=16384).get(name, 1)}")
+def positive_int(value: Any, flag: str, example: int) -> None:
+    """A count flag must be an integer > 0 (a bool is not a count)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise HeadgameError(f"{flag} must be a positive integer, got {value!r}; pass e.g. {flag} {example}")
+
+
+def nonneg_int(value: Any, flag: str, example: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise HeadgameError(f"{flag} must be a non-negative integer, got {value!r}; pass e.g. {flag} {example}")
 
 
 class ConfigMixin:
@@ -90,9 +96,9 @@ class AnalyzeConfig(ConfigMixin):
     """Free-form notes recorded with the config."""
 
     def __post_init__(self) -> None:
-        _positive("max_tokens", self.max_tokens, "--max-tokens")
-        _positive("seq_len", self.seq_len, "--seq-len")
-        _positive("batch_size", self.batch_size, "--batch-size")
+        positive_int(self.max_tokens, "--max-tokens", 16384)
+        positive_int(self.seq_len, "--seq-len", 256)
+        positive_int(self.batch_size, "--batch-size", 4)
         if self.seq_len < 2:
             raise HeadgameError("--seq-len must be at least 2 (next-token prediction needs two tokens); pass e.g. --seq-len 256")
         if self.checkpoint_every < 0:

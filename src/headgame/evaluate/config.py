@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from headgame.config import ConfigMixin
+from headgame.config import ConfigMixin, positive_int
 from headgame.errors import HeadgameError
 
 _DEFAULTS = {"n_items": 1024, "batch_tokens": 2048, "gen_batch": 16}
@@ -66,9 +66,7 @@ class EvalConfig(ConfigMixin):
         if self.limit is not None and (not isinstance(self.limit, int) or self.limit <= 0):
             raise HeadgameError(f"--limit must be a positive number of items, got {self.limit}; pass e.g. --limit 50, or leave it out for N = {self.n_items}")
         for name, flag in (("n_items", "--n-items"), ("batch_tokens", "--batch-tokens"), ("gen_batch", "--gen-batch")):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise HeadgameError(f"{flag} must be a positive integer, got {value!r}; pass e.g. {flag} {_DEFAULTS[name]}")
+            positive_int(getattr(self, name), flag, _DEFAULTS[name])
         if self.max_length is not None and self.max_length < 8:
             raise HeadgameError(f"--max-length {self.max_length} is too short; pass at least 8 tokens (default: the model's maximum, at most 2048)")
         if self.max_new_tokens is not None and self.max_new_tokens <= 0:

@@ -5,20 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from headgame.config import ConfigMixin  # noqa: F401  (re-exported for prune.config)
+from headgame.config import ConfigMixin, nonneg_int, positive_int
 from headgame.errors import HeadgameError
 
 TABLE_FORMATS = ("csv", "parquet")
-
-
-def positive_int(value: Any, flag: str, example: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise HeadgameError(f"{flag} must be a positive integer, got {value!r}; pass e.g. {flag} {example}")
-
-
-def nonneg_int(value: Any, flag: str, example: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise HeadgameError(f"{flag} must be a non-negative integer, got {value!r}; pass e.g. {flag} {example}")
 
 
 @dataclass

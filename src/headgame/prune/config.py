@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from headgame.errors import HeadgameError
-from headgame.fep.config import ConfigMixin, nonneg_int, positive_int
+from headgame.config import ConfigMixin, nonneg_int, positive_int
 
 PPL_SETS = ("gsm8k", "wikitext2")
 DEFAULT_COMPARE = "fep,random,attention-entropy,michel,ablation"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from headgame.config import ConfigMixin
+from headgame.config import ConfigMixin, positive_int
 from headgame.errors import HeadgameError
 from headgame.game.losses import PairWeighting
 from headgame.game.schedule import Schedule
@@ -111,9 +111,7 @@ class TrainConfig(ConfigMixin):
         if self.method not in METHODS:
             raise HeadgameError(f"unknown method '{self.method}'; choose one of {', '.join(METHODS)}")
         for name in ("max_tokens", "seq_len", "batch_size", "grad_accum", "lora_r", "nash_update_every", "keep_checkpoints"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v <= 0:
-                raise HeadgameError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
+            positive_int(getattr(self, name), f"--{name.replace('_', '-')}", getattr(type(self), name))
         for name in ("lambda_abt", "lambda_ldb", "disagreement_lambda", "lr", "weight_decay", "clip", "ema_rate", "ldb_eps"):
             if getattr(self, name) < 0:
                 raise HeadgameError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}; negative weights would reward what the method taxes")
