@@ -62,20 +62,27 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 1)
     return write_text_atomic(path, text + "\n")
 
 
-def read_analysis(path: str | os.PathLike) -> dict[str, Any]:
-    """Read an ``analysis.json`` of headgame analyze, with one-line errors for bad files."""
+def read_result_json(path: str | os.PathLike, *, key: str, kind: type, file: str, command: str, holds: str) -> dict[str, Any]:
+    """Read a result JSON a headgame command wrote, with one-line errors for a missing, invalid or
+    empty file: it must be an object whose ``key`` is a non-empty ``kind``."""
     from headgame.errors import HeadgameError
 
     path = Path(path)
+    fix = f"pass the {file} written by headgame {command}"
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise HeadgameError(f"{path} not found; pass an analysis.json written by headgame analyze") from None
+        raise HeadgameError(f"{path} not found; {fix}") from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise HeadgameError(f"{path} is not valid JSON ({exc}); pass an analysis.json written by headgame analyze") from None
-    if not isinstance(data, dict) or not data.get("layers"):
-        raise HeadgameError(f"{path} holds no per-layer results; pass an analysis.json written by headgame analyze")
+        raise HeadgameError(f"{path} is not valid JSON ({exc}); {fix}") from None
+    if not isinstance(data, dict) or not isinstance(data.get(key), kind) or not data[key]:
+        raise HeadgameError(f"{path} holds no {holds}; {fix}")
     return data
+
+
+def read_analysis(path: str | os.PathLike) -> dict[str, Any]:
+    """Read an ``analysis.json`` of headgame analyze, with one-line errors for bad files."""
+    return read_result_json(path, key="layers", kind=list, file="analysis.json", command="analyze", holds="per-layer results")
 
 
 class AtomicDir:

@@ -10,29 +10,19 @@ tasks (each over the tasks present in both files, the count is shown).
 from __future__ import annotations
 
 import html
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from headgame.errors import HeadgameError
 from headgame.evaluate.stats import BOOTSTRAP_RESAMPLES, mcnemar, paired_bootstrap, ratio_score, relative_delta
+from headgame.io import read_result_json
 
 GROUPS = (("halluc", "Halluc Δ"), ("knowledge", "Knowledge Δ"))
 
 
 def load_eval(path: str | Path) -> dict:
-    p = Path(path)
-    try:
-        data = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise HeadgameError(f"{p} not found; pass the eval.json written by headgame eval") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise HeadgameError(f"{p} is not valid JSON ({exc}); pass the eval.json written by headgame eval") from None
-    if not isinstance(data, dict) or not isinstance(data.get("tasks"), dict):
-        raise HeadgameError(f"{p} holds no per-task results; pass the eval.json written by headgame eval")
-    return data
+    return read_result_json(path, key="tasks", kind=dict, file="eval.json", command="eval", holds="per-task results")
 
 
 @dataclass

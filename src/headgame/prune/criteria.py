@@ -152,7 +152,8 @@ def _random(ctx: ScoreContext) -> np.ndarray:
 
 
 def _coupling(ctx: ScoreContext) -> np.ndarray:
-    from headgame.prune.importance import compute_coupling, coupling_row_mass, read_analysis
+    from headgame.io import read_analysis
+    from headgame.prune.importance import compute_coupling, coupling_row_mass
 
     if ctx.analysis_path:
         analysis = read_analysis(ctx.analysis_path)

@@ -16,10 +16,8 @@ All return [L, H] float arrays. Losses: next-token cross-entropy for causal mode
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -156,19 +154,6 @@ def coupling_row_mass(analysis: dict, layout: HeadLayout) -> np.ndarray:
             raise HeadgameError(f"G of layer {l} is {g.shape[0]}x{g.shape[1]}, not {layout.n_heads}x{layout.n_heads}; use the analysis of this model")
         out[l] = np.abs(g - np.diag(np.diag(g))).sum(1)
     return out
-
-
-def read_analysis(path: str | Path) -> dict:
-    p = Path(path)
-    try:
-        data = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise HeadgameError(f"{p} not found; pass the analysis.json written by headgame analyze") from None
-    except ValueError as exc:
-        raise HeadgameError(f"{p} is not valid JSON ({exc}); pass the analysis.json written by headgame analyze") from None
-    if not isinstance(data, dict) or not data.get("layers"):
-        raise HeadgameError(f"{p} holds no per-layer G; pass the analysis.json written by headgame analyze")
-    return data
 
 
 def compute_coupling(model, layout: HeadLayout, tokenizer, seqs: Sequences, *, batch_size: int = 4, seed: int = 0) -> dict:
