@@ -158,11 +158,10 @@ class DoLa(DecodingMethod):
     relative_top: float = 0.1
     tied_embeddings: bool = True
     name: ClassVar[str] = "dola"
+    chunk: ClassVar[int] = 64  # positions per pass: keeps the [C, n, V] early-exit tensor small
 
     def hidden_layers(self, n_layers: int) -> tuple[int, ...]:
         return dola_candidates(n_layers, self.layers, self.tied_embeddings)
-
-    chunk: ClassVar[int] = 64  # positions per pass: keeps the [C, n, V] early-exit tensor small
 
     def logprobs(self, parts: ModelParts, states: PositionStates, *, proper: bool = False) -> torch.Tensor:
         n = states.views[0].shape[0]
