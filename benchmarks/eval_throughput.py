@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from headgame.evaluate.runner import build_scorer, load_for_eval, versions  # no
 from headgame.evaluate.scorer import HFScorer  # noqa: E402
 from headgame.evaluate.tasks import TASKS, TaskOptions, sample_indices  # noqa: E402
 from headgame.io import write_json_atomic  # noqa: E402
+from headgame.system import cpu_name  # noqa: E402
 
 
 def task_items(name: str, data_dir: str | None, limit: int, mmlu_subjects: int, seed: int = 42) -> list[int]:
@@ -113,7 +113,7 @@ def main() -> int:
               f"ratio {row['ratio']:.2f}", flush=True)
     out = {
         "model": args.model, "dtype": "float32", "device": "cpu", "threads": args.threads,
-        "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "command": " ".join(sys.argv),
+        "machine": cpu_name(), "cpus": os.cpu_count(), "command": " ".join(sys.argv),
         "versions": versions(), "lm_eval_version": _version("lm-eval"), "tasks": results,
         "ratio": min(r["ratio"] for r in results.values()),
         "target_ratio": 3.0,
