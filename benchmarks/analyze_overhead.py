@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from headgame.analyze import CouplingCollector
+from headgame.analyze.collect import CouplingCollector
 from headgame.system import cpu_name, package_versions
 from headgame.models.load import load_model
 from headgame.models.objective import Objective, activation_gradients

@@ -116,3 +116,80 @@ class AtomicDir:
         else:
             os.replace(self.tmp, self.path)
         return False
+
+
+# --- run state: safetensors + JSON, never pickle ----------------------------------------------
+#
+# A resumable run's state (accumulators, optimizer moments, RNG states, counters) is a nest of
+# dicts, lists, numbers, strings and tensors. It is stored as ONE safetensors file: the tensors
+# as its tensors, everything else as JSON in its metadata, tensors replaced by {"__tensor__": key}.
+# Loading it runs no code, unlike torch.load(weights_only=False) on a pickle, so a crafted run
+# folder cannot execute anything on --resume.
+
+_TENSOR, _ITEMS, _TUPLE = "__tensor__", "__items__", "__tuple__"
+
+
+def _encode_state(obj: Any, tensors: dict[str, Any]) -> Any:
+    import torch
+
+    if isinstance(obj, np.ndarray):
+        obj = torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, torch.Tensor):
+        key = f"t{len(tensors)}"
+        tensors[key] = obj.detach().cpu().contiguous()
+        return {_TENSOR: key}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in obj):
+            return {k: _encode_state(v, tensors) for k, v in obj.items()}
+        return {_ITEMS: [[k, _encode_state(v, tensors)] for k, v in obj.items()]}
+    if isinstance(obj, tuple):
+        return {_TUPLE: [_encode_state(v, tensors) for v in obj]}
+    if isinstance(obj, list):
+        return [_encode_state(v, tensors) for v in obj]
+    if isinstance(obj, (np.floating, np.integer, np.bool_)):
+        return obj.item()
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"run state cannot hold a {type(obj).__name__}")
+
+
+def _decode_state(obj: Any, tensors: dict[str, Any]) -> Any:
+    if isinstance(obj, dict):
+        if set(obj) == {_TENSOR}:
+            return tensors[obj[_TENSOR]]
+        if set(obj) == {_ITEMS}:
+            return {(tuple(k) if isinstance(k, list) else k): _decode_state(v, tensors) for k, v in obj[_ITEMS]}
+        if set(obj) == {_TUPLE}:
+            return tuple(_decode_state(v, tensors) for v in obj[_TUPLE])
+        return {k: _decode_state(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_decode_state(v, tensors) for v in obj]
+    return obj
+
+
+def save_state(path: str | os.PathLike, state: Any) -> Path:
+    """Write a run state (nested containers of tensors and plain values) atomically as safetensors."""
+    from safetensors.torch import save
+
+    tensors: dict[str, Any] = {}
+    meta = json.dumps(_encode_state(state, tensors), allow_nan=True)
+    return write_bytes_atomic(path, save(tensors, metadata={"headgame_state": meta}))
+
+
+def load_state(path: str | os.PathLike) -> Any:
+    """Read a state written by :func:`save_state`; a file in any other format is refused."""
+    from safetensors import SafetensorError, safe_open
+
+    from headgame.errors import HeadgameError
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), "pt") as fh:
+            meta = (fh.metadata() or {}).get("headgame_state")
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise HeadgameError(f"{path} is not a headgame run state ({str(exc).splitlines()[0][:120]}); "
+                            "start the run over without --resume") from None
+    if meta is None:
+        raise HeadgameError(f"{path} is not a headgame run state (no state metadata); start the run over without --resume")
+    return _decode_state(json.loads(meta), tensors)

@@ -58,7 +58,7 @@ def test_analyze_writes_json_and_report(tmp_path, corpus, capsys, model):
     assert analysis["config"]["seq_len"] == 32 and analysis["model"]["hash"].startswith("sha256:")
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html
-    assert (out / "config.yaml").exists() and not list(out.glob("*.tmp")) and not (out / ".analyze-state.pt").exists()
+    assert (out / "config.yaml").exists() and not list(out.glob("*.tmp")) and not (out / ".analyze-state.safetensors").exists()
     assert "Γ" in stdout or "gamma" in stdout.lower()
 
 
@@ -71,8 +71,8 @@ def test_layer_subset_and_no_redundancy(tmp_path, corpus, capsys):
 
 
 def test_interrupted_run_resumes_to_the_same_result(tmp_path, corpus, capsys):
-    from headgame.analyze import run_analysis
-    from headgame.config import AnalyzeConfig
+    from headgame.analyze.run import run_analysis
+    from headgame.analyze.config import AnalyzeConfig
 
     kw = dict(model="tiny-qwen2", data=str(corpus), max_tokens=256, seq_len=32, batch_size=2, checkpoint_every=1)
     ref = run_analysis(AnalyzeConfig(out=str(tmp_path / "ref"), **kw), progress=False, report=False)
@@ -85,7 +85,7 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, corpus, capsys):
 
     with pytest.raises(KeyboardInterrupt):
         run_analysis(AnalyzeConfig(out=str(out), **kw), progress=False, report=False, on_batch=crash)
-    assert (out / ".analyze-state.pt").exists() and not (out / "analysis.json").exists()
+    assert (out / ".analyze-state.safetensors").exists() and not (out / "analysis.json").exists()
     done = run_analysis(AnalyzeConfig(out=str(out), **kw), resume=True, progress=False, report=False)
     for a, b in zip(ref["layers"], done["layers"]):
         np.testing.assert_allclose(a["G"], b["G"], atol=1e-10)

@@ -120,7 +120,7 @@ def _lora(model, seed=0):
 
 
 def test_peft_adapter_unmerged_and_merged_score_alike(tmp_path):
-    from headgame.evaluate.adapters import apply_adapter
+    from headgame.models.adapters import apply_adapter
 
     base, tok, _ = load_model("tiny-llama")
     plain = HFScorer(base, tok).loglikelihood(REQS)

@@ -50,7 +50,7 @@ def load_for_eval(cfg: EvalConfig, say: Say = print) -> tuple[Any, Any, dict]:
     info = {k: v for k, v in loaded.info.items() if k in ("spec", "source", "kind", "hash", "package", "layout")}
     info["max_positions"] = loaded.layout.max_positions
     if cfg.adapter:
-        from headgame.evaluate.adapters import apply_adapter
+        from headgame.models.adapters import apply_adapter
 
         model, info["adapter"] = apply_adapter(model, cfg.adapter, merge=cfg.merge, model_name=cfg.model)
     return model, tokenizer, info

@@ -132,7 +132,8 @@ def score_matrix(infos: dict[int, LayerInfo], name: str, n_layers: int) -> np.nd
 
 def run_fep(cfg: FepConfig, *, progress: bool = True, console: Any = None, report: bool = True) -> dict[str, Any]:
     """Run ``headgame fep`` end to end; returns the result dict also written to ``fep.json``."""
-    from headgame.analyze import check_writable, package_versions
+    from headgame.runs import check_writable
+    from headgame.system import package_versions
     from headgame.fep.report import write_outputs
     from headgame.models.surgery import load_any
     from headgame.prune.select import select_heads

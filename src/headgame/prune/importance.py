@@ -158,7 +158,7 @@ def coupling_row_mass(analysis: dict, layout: HeadLayout) -> np.ndarray:
 
 def compute_coupling(model, layout: HeadLayout, tokenizer, seqs: Sequences, *, batch_size: int = 4, seed: int = 0) -> dict:
     """Run analyze's G accumulation (no redundancy, no report) on ``seqs``; returns {"layers": [{layer, G}]}."""
-    from headgame.analyze import CouplingCollector
+    from headgame.analyze.collect import CouplingCollector
     from headgame.game.coupling import interaction_matrix, weight_coupling
     from headgame.models.objective import Objective
 

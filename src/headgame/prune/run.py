@@ -128,7 +128,8 @@ def fit_positions(cfg: PruneConfig, max_positions: int | None, notes: dict[str, 
 
 def run_prune(cfg: PruneConfig, *, progress: bool = True, console: Any = None) -> dict[str, Any]:
     """Run ``headgame prune`` end to end; returns the dict written to ``pruning.json``."""
-    from headgame.analyze import check_writable, package_versions
+    from headgame.runs import check_writable
+    from headgame.system import package_versions
     from headgame.fep.info import InfoOptions
     from headgame.fep.run import analyse_symbols, load_sequences, resolve_source
     from headgame.fep.scores import epsilon_nash, spearman

@@ -57,7 +57,7 @@ class Trainer:
         self.acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         if self.rank == 0:
-            from headgame.analyze import check_writable
+            from headgame.runs import check_writable
 
             check_writable(self.out)
         set_seed(cfg.seed)

@@ -95,3 +95,20 @@ def apply_adapter(model: nn.Module, folder: str, *, merge: bool, model_name: str
     if merge:
         return wrapped.merge_and_unload(), info
     return wrapped, info
+
+
+def attach_adapter(loaded, adapter: str, *, merge: bool = False):
+    """A :class:`LoadedModel` with the peft adapter ``adapter`` applied (merged when ``merge``).
+
+    The model info gains ``adapter_hash`` (sha256 of the adapter's safetensors) and ``adapter``
+    (the description of :func:`apply_adapter`); the layout is rebuilt for the wrapped model.
+    """
+    from headgame.models.hashing import files_sha256
+    from headgame.models.layout import HeadLayout
+    from headgame.models.load import LoadedModel
+
+    path = Path(adapter).expanduser()
+    model, desc = apply_adapter(loaded.model, str(path), merge=merge, model_name=str(loaded.info.get("spec")))
+    model.eval()
+    info = {**loaded.info, "adapter": desc, "adapter_hash": "sha256:" + files_sha256(sorted(path.glob("*.safetensors")))}
+    return LoadedModel(model, loaded.tokenizer, HeadLayout.from_model(model), info)

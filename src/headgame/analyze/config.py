@@ -1,0 +1,64 @@
+"""Configuration of ``headgame analyze``: one validated dataclass, saved beside the results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from headgame.config import ConfigMixin, positive_int
+from headgame.errors import HeadgameError
+
+
+@dataclass
+class AnalyzeConfig(ConfigMixin):
+    """Configuration of ``headgame analyze``."""
+
+    model: str = "smollm2-135m"
+    """Model spec: packaged name, .gguf file, local folder or hub id."""
+    data: str = "default"
+    """Text source: 'default' (packaged corpus), file, folder, JSONL, 'gutenberg', hf:NAME."""
+    text_field: str = "text"
+    """Field holding the text in JSON/JSONL records."""
+    data_dir: str | None = None
+    """Folder of the public benchmark files (else $HEADGAME_DATA_DIR)."""
+    max_tokens: int = 16384
+    """Token budget; the corpus is packed into max_tokens // seq_len blocks."""
+    seq_len: int = 256
+    """Tokens per block."""
+    batch_size: int = 4
+    """Blocks per forward/backward pass."""
+    layers: str = "all"
+    """Layers to analyse: all, 5, 0,3,7 or 10-19."""
+    out: str = "analysis-out"
+    """Output folder (analysis.json, config.yaml, PNGs, report.html)."""
+    redundancy: bool = True
+    """Also accumulate the z-scored head cross-correlations (spec game-lora §4.2)."""
+    heatmap_layers: str | None = None
+    """Layers drawn as G heatmaps (default: first, last, middle, max-Γ and min-Γ layers)."""
+    seed: int = 0
+    """Seed for masked-LM masking and coalition clustering."""
+    dtype: str = "float32"
+    """Model dtype: float32, bfloat16 or float16 (statistics always accumulate in float64)."""
+    trust_remote_code: bool = False
+    """Allow custom modelling code from a hub repository (off unless asked)."""
+    checkpoint_every: int = 8
+    """Save the accumulators every N batches (0 = never); --resume continues from them."""
+    adapter: str | None = None
+    """A peft adapter folder (e.g. from headgame train) applied to the model."""
+    merge_adapter: bool = False
+    """Merge the adapter into the weights before analysing."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Free-form notes recorded with the config."""
+
+    def __post_init__(self) -> None:
+        positive_int(self.max_tokens, "--max-tokens", 16384)
+        positive_int(self.seq_len, "--seq-len", 256)
+        positive_int(self.batch_size, "--batch-size", 4)
+        if self.seq_len < 2:
+            raise HeadgameError("--seq-len must be at least 2 (next-token prediction needs two tokens); pass e.g. --seq-len 256")
+        if self.checkpoint_every < 0:
+            raise HeadgameError(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}; use 0 to disable checkpoints")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise HeadgameError(f"--dtype {self.dtype} is not supported; use float32, bfloat16 or float16")
+
+    NOT_IDENTITY = frozenset({"out", "checkpoint_every", "extra", "heatmap_layers"})
