@@ -48,7 +48,7 @@ import torch.nn.functional as F
 
 from headgame.errors import HeadgameError
 from headgame.evaluate.forward import ModelParts
-from headgame.evaluate.registry import Registry
+from headgame.registry import Registry
 
 FLOOR = -1000.0  # score of implausible tokens (DoLa's relative_top_value)
 

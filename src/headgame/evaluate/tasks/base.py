@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from headgame.evaluate.data import Found, iter_jsonl, locate, require
-from headgame.evaluate.registry import Registry
+from headgame.registry import Registry
 
 
 @dataclass

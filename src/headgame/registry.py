@@ -1,4 +1,6 @@
-"""One registry per family of named things (benchmarks, decoding methods); a name is registered once."""
+"""The one Registry type for every family of named things: benchmarks, decoding methods, head-scoring
+criteria, training methods and model families. A name is registered once; an unknown name gets a
+one-line error with the closest valid names."""
 
 from __future__ import annotations
 
@@ -30,9 +32,23 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
+            import difflib
+
+            close = difflib.get_close_matches(str(name), list(self._items), n=3, cutoff=0.6)
+            hint = f"did you mean {' or '.join(close)}? " if close else ""
             raise HeadgameError(
-                f"unknown {self.kind} '{name}'; valid {self.flag} values: {', '.join(self._items)}"
+                f"unknown {self.kind} '{name}'; {hint}valid {self.flag} values: {', '.join(self._items)}"
             ) from None
+
+    def add(self, name: str, obj: T) -> T:
+        """Register ``obj`` under ``name`` (the non-decorator form of :meth:`register`)."""
+        return self.register(name)(obj)
+
+    def items(self) -> list[tuple[str, T]]:
+        return list(self._items.items())
+
+    def values(self) -> list[T]:
+        return list(self._items.values())
 
     def names(self) -> list[str]:
         return list(self._items)
