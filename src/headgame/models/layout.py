@@ -2,8 +2,9 @@
 
 A :class:`HeadLayout` knows the number of layers, query heads, KV heads and head dim of a
 model, and how to reach each layer's attention module, its output projection and each head's
-slice W_O^(i) of that projection (spec game-lora §2). All per-head code goes through it, so
-adding an architecture means adding one :class:`Family` entry below.
+slice W_O^(i) of that projection (docs/formulas.md#head-slices). All per-head code goes through it; what
+differs between architectures is asked of the layout's :class:`Family` (``models/families/``,
+one module per family), so adding an architecture means adding one family module.
 """
 
 from __future__ import annotations
@@ -12,73 +13,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from headgame.errors import HeadgameError
+from headgame.models.families import Family, family_for_model_type, get_family, get_path, supported_model_types
+
+__all__ = ["Family", "HeadLayout", "supported_model_types"]
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
-
-
-@dataclass(frozen=True)
-class Family:
-    """How one architecture family is laid out inside a Hugging Face model."""
-
-    name: str
-    model_types: tuple[str, ...]
-    # Candidate attribute paths from the top-level model to the list of blocks; the first
-    # that resolves wins (a *ForCausalLM wraps the base model, a base model does not).
-    layer_paths: tuple[str, ...]
-    attn_path: str  # block -> module that returns (attn_output, attn_weights)
-    o_proj_path: str  # block -> output projection whose *input* is the concatenated heads
-    o_proj_kind: str  # "linear" (weight [d, H*dh]) or "conv1d" (GPT-2: weight [H*dh, d])
-    causal: bool
-    max_pos_attrs: tuple[str, ...] = ("max_position_embeddings",)
-
-
-FAMILIES: tuple[Family, ...] = (
-    Family(
-        name="llama",
-        model_types=(
-            "llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "gemma3", "gemma3_text",
-            "smollm3", "olmo", "olmo2",
-        ),
-        layer_paths=("model.layers", "layers", "model.language_model.layers", "language_model.layers"),
-        attn_path="self_attn",
-        o_proj_path="self_attn.o_proj",
-        o_proj_kind="linear",
-        causal=True,
-    ),
-    Family(
-        name="gpt2",
-        model_types=("gpt2",),
-        layer_paths=("transformer.h", "h"),
-        attn_path="attn",
-        o_proj_path="attn.c_proj",
-        o_proj_kind="conv1d",
-        causal=True,
-        max_pos_attrs=("n_positions", "max_position_embeddings"),
-    ),
-    Family(
-        name="bert",
-        model_types=("bert", "roberta", "xlm-roberta"),
-        layer_paths=("bert.encoder.layer", "roberta.encoder.layer", "encoder.layer"),
-        attn_path="attention.self",
-        o_proj_path="attention.output.dense",
-        o_proj_kind="linear",
-        causal=False,
-    ),
-)
-
-_BY_TYPE = {t: fam for fam in FAMILIES for t in fam.model_types}
-
-
-def supported_model_types() -> list[str]:
-    return sorted(_BY_TYPE)
-
-
-def _get_path(obj: object, path: str) -> object:
-    for part in path.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def _unwrap_peft(model: "nn.Module") -> "nn.Module":
@@ -97,7 +38,7 @@ class HeadLayout:
     model_type: str
     architecture: str
     n_layers: int
-    n_heads: int  # query heads: the players (spec game-lora §2, GQA note)
+    n_heads: int  # query heads: the players (docs/formulas.md#head-slices)
     n_kv_heads: int
     head_dim: int
     d_model: int
@@ -120,7 +61,7 @@ class HeadLayout:
             )
         text_cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
         model_type = getattr(text_cfg, "model_type", None) or getattr(config, "model_type", "")
-        fam = _BY_TYPE.get(model_type) or _BY_TYPE.get(getattr(config, "model_type", ""))
+        fam = family_for_model_type(model_type) or family_for_model_type(getattr(config, "model_type", ""))
         if fam is None:
             raise HeadgameError(
                 f"unsupported architecture '{model_type}' ({type(base).__name__}); supported model "
@@ -129,7 +70,7 @@ class HeadLayout:
         layer_path = None
         for path in fam.layer_paths:
             try:
-                _get_path(base, path)
+                get_path(base, path)
             except AttributeError:
                 continue
             layer_path = path
@@ -139,16 +80,13 @@ class HeadLayout:
                 f"could not find the transformer blocks of {type(base).__name__} (tried "
                 f"{', '.join(fam.layer_paths)}); load a standard Hugging Face {fam.name}-family model"
             )
-        n_heads = int(getattr(text_cfg, "num_attention_heads", None) or text_cfg.n_head)
-        n_kv = int(getattr(text_cfg, "num_key_value_heads", None) or n_heads)
-        d_model = int(getattr(text_cfg, "hidden_size", None) or text_cfg.n_embd)
-        head_dim = getattr(text_cfg, "head_dim", None) or d_model // n_heads
+        n_heads, n_kv, head_dim, d_model = fam.dims(text_cfg)
         max_pos = None
         for attr in fam.max_pos_attrs:
             if getattr(text_cfg, attr, None):
                 max_pos = int(getattr(text_cfg, attr))
                 break
-        blocks = _get_path(base, layer_path)
+        blocks = get_path(base, layer_path)
         return cls(
             family=fam.name,
             model_type=model_type,
@@ -166,9 +104,14 @@ class HeadLayout:
             o_proj_kind=fam.o_proj_kind,
         )
 
+    @property
+    def family_def(self) -> Family:
+        """The :class:`Family` object of this layout: every per-architecture question goes to it."""
+        return get_family(self.family)
+
     # ----------------------------------------------------------------- module access
     def blocks(self, model: "nn.Module") -> list["nn.Module"]:
-        return list(_get_path(_unwrap_peft(model), self.layer_path))
+        return list(get_path(_unwrap_peft(model), self.layer_path))
 
     def check_layer(self, layer: int) -> int:
         if not 0 <= layer < self.n_layers:
@@ -180,16 +123,16 @@ class HeadLayout:
 
     def attention(self, model: "nn.Module", layer: int) -> "nn.Module":
         """The module whose forward returns ``(attn_output, attn_weights)``."""
-        return _get_path(self.blocks(model)[self.check_layer(layer)], self.attn_path)
+        return get_path(self.blocks(model)[self.check_layer(layer)], self.attn_path)
 
     def o_proj(self, model: "nn.Module", layer: int) -> "nn.Module":
         """The output projection; its input is the concatenation of the head outputs."""
-        return _get_path(self.blocks(model)[self.check_layer(layer)], self.o_proj_path)
+        return get_path(self.blocks(model)[self.check_layer(layer)], self.o_proj_path)
 
     def o_proj_weight(self, model: "nn.Module", layer: int) -> "torch.Tensor":
         """Effective output-projection weight in Linear convention, shape [d_model, H*dh].
 
-        A peft LoRA wrapper contributes its merged delta (W + (α/r)·B·A, spec game-lora §2),
+        A peft LoRA wrapper contributes its merged delta (W + (α/r)·B·A, docs/formulas.md#head-slices),
         and the result stays differentiable with respect to the adapter factors.
         """
         mod = self.o_proj(model, layer)
@@ -210,7 +153,7 @@ class HeadLayout:
         return getattr(getattr(mod, "base_layer", mod), "bias", None)
 
     def head_slices(self, model: "nn.Module", layer: int) -> "torch.Tensor":
-        """W_O^(i) for every query head, shape [H, d_model, dh] (spec game-lora §2)."""
+        """W_O^(i) for every query head, shape [H, d_model, dh] (docs/formulas.md#head-slices)."""
         weight = self.o_proj_weight(model, layer)  # [d, H*dh]
         d = weight.shape[0]
         # [d, H*dh] -> [d, H, dh] -> [H, d, dh]

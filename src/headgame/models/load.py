@@ -2,7 +2,8 @@
 
 Specs, tried in this order:
 
-* ``tiny-llama`` / ``tiny-qwen2`` / ``tiny-gpt2`` / ``tiny-bert``: tiny random models (tests);
+* ``tiny-llama``, ``tiny-qwen2``, ``tiny-gpt2``, ``tiny-bert``, ``tiny-gpt-neox``, ``tiny-opt``,
+  ``tiny-phi3``, ``tiny-falcon``: tiny random models (tests; one or more per family);
 * a packaged name (``smollm2-135m``, the default; ``minilm-l6``; ``gemma3-270m``), installed
   offline from PyPI;
 * a ``.gguf`` file: de-quantised once by transformers and cached as fp32 safetensors under the
@@ -23,8 +24,9 @@ from typing import Any
 
 from headgame.errors import HeadgameError
 from headgame.io import AtomicDir, write_json_atomic
-from headgame.models.hashing import file_sha256, files_sha256, tensors_sha256
-from headgame.models.layout import HeadLayout, supported_model_types
+from headgame.models.hashing import cache_root, file_sha256, files_sha256, tensors_sha256
+from headgame.models.families import family_for_model_type, supported_model_types
+from headgame.models.layout import HeadLayout
 
 DEFAULT_MODEL = "smollm2-135m"
 log = logging.getLogger(__name__)
@@ -76,14 +78,6 @@ class LoadedModel:
         return iter((self.model, self.tokenizer, self.layout))
 
 
-def cache_root() -> Path:
-    env = os.environ.get("HEADGAME_CACHE")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "headgame"
-
-
 def _package_dir(module: str, name: str, pip: str) -> Path:
     spec = importlib.util.find_spec(module)  # locates without importing the package
     if spec is None or not spec.submodule_search_locations:
@@ -130,20 +124,14 @@ def _packaged_location(name: str) -> Path:
 
 
 def _auto_class(config: Any):
-    import transformers
-
     model_type = getattr(config, "model_type", "")
-    if model_type not in supported_model_types():
+    fam = family_for_model_type(model_type)
+    if fam is None:
         raise HeadgameError(
             f"unsupported architecture '{model_type}'; supported model types: "
             f"{', '.join(supported_model_types())}"
         )
-    archs = getattr(config, "architectures", None) or []
-    if model_type in ("bert", "roberta", "xlm-roberta"):
-        if any(a.endswith("ForMaskedLM") for a in archs):
-            return transformers.AutoModelForMaskedLM
-        return transformers.AutoModel
-    return transformers.AutoModelForCausalLM
+    return fam.auto_class(config)
 
 
 def _finish(model, tokenizer, info: dict, t0: float) -> LoadedModel:

@@ -1,28 +1,24 @@
 """Physical head removal: slice the projections so that pruned heads cost no compute.
 
-Spec gt-fep §4.3. transformers 5 dropped ``model.prune_heads``, so every family is sliced here:
+See docs/formulas.md#surgery. transformers 5 dropped ``model.prune_heads``, so every family slices its own
+projections (``Family.prune_block`` in ``models/families/<family>.py``: which rows of a fused
+QKV projection belong to which head, GQA groups, per-layer head counts). This module holds what
+is common: the record of removed heads, planning and validation, applying the cuts, copies that
+share the non-attention weights, and saving and loading pruned models.
 
-* **llama** family (GQA): the pruned query heads' rows of ``q_proj`` and columns of ``o_proj``
-  go; a KV head (its ``k_proj``/``v_proj`` rows) goes only when its whole query group is gone.
-  When the kept query heads are spread evenly over the kept KV heads, the layer stays a plain
-  GQA layer (``num_key_value_groups`` = heads kept per group). When they are not (e.g. 3/2/2),
-  ``k_proj``/``v_proj`` become :class:`HeadGatherLinear`: the projection still runs once per
-  kept KV head and each query head then receives its KV head's slice (a gather, no FLOPs), with
-  ``num_key_value_groups = 1``. Layers may keep different numbers of heads.
-* **gpt2**: the q, k and v column blocks of ``c_attn`` (Conv1D, weight [in, 3E]) and the rows of
-  ``c_proj`` (weight [H·dh, E]); ``split_size`` follows.
-* **bert**: rows of ``query``/``key``/``value`` and columns of ``attention.output.dense``.
-
-The biases of the output projections are kept, so a pruned model computes exactly what the
-unpruned model computes with the heads' outputs gated to zero (:func:`zero_gates`, HeadTap's
-``gates``); ``tests/unit/test_surgery.py`` checks this to 1e-5.
+A KV head goes only when its whole query group is gone (GQA; without GQA every query head is
+its own group). The biases of the output projections are kept, so a pruned model computes
+exactly what the unpruned model computes with the heads' outputs gated to zero
+(:func:`zero_gates`, HeadTap's ``gates``); ``tests/unit/test_surgery.py`` and
+``tests/unit/test_families.py`` check this to 1e-5.
 
 A pruned model is saved with :func:`save_pruned` (safetensors, tokenizer, the record of removed
 heads in ``headgame_pruning.json`` and in ``config.json``) and reloaded with :func:`load_pruned`,
 which rebuilds the architecture, re-applies the surgery and loads the weights. When every layer
-of a llama-family model keeps the same number of query heads per KV group and the same KV
-heads count, the saved ``config.json`` carries the new head counts and plain
-``transformers.AutoModelForCausalLM.from_pretrained`` loads it too.
+keeps the same number of query heads per KV group and the same KV heads count, and the family's
+config can say so (``Family.config_shrinks``: Llama family, Phi-3), the saved ``config.json``
+carries the new head counts and plain ``transformers.AutoModelForCausalLM.from_pretrained``
+loads it too.
 """
 
 from __future__ import annotations
@@ -36,11 +32,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from headgame.errors import HeadgameError
-from headgame.models.layout import HeadLayout, _get_path
+from headgame.models.families import Family, LayerCut, get_family, get_path
+from headgame.models.families.slicing import HeadGatherLinear
+from headgame.models.layout import HeadLayout
+
+__all__ = [
+    "CONFIG_KEY", "PRUNING_FILE", "HeadGatherLinear", "PruningRecord", "head_counts", "is_pruned", "load_any",
+    "load_pruned", "plan_pruning", "prune_heads", "pruned_copy", "pruning_record", "read_record", "save_pruned",
+    "zero_gates",
+]
 
 PRUNING_FILE = "headgame_pruning.json"
 CONFIG_KEY = "headgame_pruning"
@@ -72,10 +75,21 @@ class PruningRecord:
         return [h for h in range(self.n_heads) if h not in gone]
 
     def kept_kv(self, layer: int) -> list[int]:
-        """KV heads still serving a kept query head (llama GQA; else one KV per query head)."""
-        if self.family != "llama":
-            return self.kept(layer)
+        """KV heads still serving a kept query head (without GQA each query head is its own group)."""
         return sorted({h // self.group_size for h in self.kept(layer)})
+
+    def cut(self, layer: int) -> LayerCut:
+        """What ``layer`` keeps, as the family's surgery reads it."""
+        return LayerCut(tuple(self.kept(layer)), tuple(self.kept_kv(layer)), self.n_heads, self.n_kv_heads, self.head_dim)
+
+    @property
+    def family_def(self) -> Family:
+        return get_family(self.family)
+
+    @property
+    def plain_loadable(self) -> bool:
+        """The saved config carries the pruned head counts, so plain transformers loads the model."""
+        return bool(self.family_def.config_shrinks and self.is_uniform())
 
     @property
     def n_removed(self) -> int:
@@ -88,16 +102,10 @@ class PruningRecord:
         """Every layer keeps the same query heads per KV group and the same number of KV heads."""
         shapes = set()
         for l in range(self.n_layers):
-            kept = self.kept(l)
-            if self.family == "llama":
-                per_group = {g: 0 for g in self.kept_kv(l)}
-                for h in kept:
-                    per_group[h // self.group_size] += 1
-                if len(set(per_group.values())) != 1:
-                    return False
-                shapes.add((len(kept), len(per_group)))
-            else:
-                shapes.add((len(kept), len(kept)))
+            cut = self.cut(l)
+            if not cut.is_even():
+                return False
+            shapes.add((len(cut.kept), len(cut.kept_kv)))
         return len(shapes) == 1
 
     # ----------------------------------------------------------------- round trip
@@ -146,7 +154,7 @@ def plan_pruning(layout: HeadLayout, removed: Mapping[int, Iterable[int]]) -> Pr
             )
         if hs:
             clean[layer] = hs
-    if layout.family == "llama" and layout.n_heads % layout.n_kv_heads:
+    if layout.n_heads % layout.n_kv_heads:
         raise HeadgameError(
             f"{layout.n_heads} query heads do not split into {layout.n_kv_heads} KV groups; this checkpoint cannot be pruned"
         )
@@ -156,93 +164,11 @@ def plan_pruning(layout: HeadLayout, removed: Mapping[int, Iterable[int]]) -> Pr
     )
 
 
-# --------------------------------------------------------------------------- modules
+# --------------------------------------------------------------------------- applying the cuts
 
 
-class HeadGatherLinear(nn.Linear):
-    """A K or V projection whose kept KV heads are handed to query heads by index.
-
-    Used where the kept query heads are unevenly spread over the KV groups: the matmul runs
-    over the kept KV heads only; ``head_index[j]`` names the KV head of kept query head j.
-    """
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, head_dim: int, head_index: list[int]) -> None:
-        super().__init__(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
-        self.weight = nn.Parameter(weight.detach(), requires_grad=weight.requires_grad)
-        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=bias.requires_grad)
-        self.head_dim = head_dim
-        self.register_buffer("head_index", torch.tensor(head_index, dtype=torch.long, device=weight.device), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)  # [..., KV*dh]
-        y = y.view(*y.shape[:-1], -1, self.head_dim)  # [..., KV, dh]
-        return y.index_select(-2, self.head_index).flatten(-2)  # [..., Hq, dh] -> [..., Hq*dh]
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", head_index={self.head_index.tolist()}"
-
-
-def _rows(n_heads_idx: list[int], head_dim: int, offset: int = 0) -> torch.Tensor:
-    """Row (or column) indices of whole heads: head h covers [offset + h*dh, offset + (h+1)*dh)."""
-    return torch.tensor([offset + h * head_dim + i for h in n_heads_idx for i in range(head_dim)], dtype=torch.long)
-
-
-def _keep(param: torch.Tensor, idx: torch.Tensor, dim: int) -> nn.Parameter:
-    # A fresh contiguous tensor: the pruned GEMMs then run on dense weights.
-    return nn.Parameter(param.detach().index_select(dim, idx.to(param.device)).clone().contiguous(), requires_grad=param.requires_grad)
-
-
-def _slice_linear(lin: nn.Linear, idx: torch.Tensor, dim: int) -> None:
-    """Keep rows (dim 0, outputs) or columns (dim 1, inputs) of an ``nn.Linear`` in place."""
-    lin.weight = _keep(lin.weight, idx, dim)
-    if dim == 0:
-        if lin.bias is not None:
-            lin.bias = _keep(lin.bias, idx, 0)
-        lin.out_features = lin.weight.shape[0]
-    else:
-        lin.in_features = lin.weight.shape[1]
-
-
-def _prune_llama(attn: nn.Module, rec: PruningRecord, layer: int) -> None:
-    dh = rec.head_dim
-    kept, kept_kv = rec.kept(layer), rec.kept_kv(layer)
-    _slice_linear(attn.q_proj, _rows(kept, dh), 0)
-    _slice_linear(attn.o_proj, _rows(kept, dh), 1)
-    _slice_linear(attn.k_proj, _rows(kept_kv, dh), 0)
-    _slice_linear(attn.v_proj, _rows(kept_kv, dh), 0)
-    counts = [sum(1 for h in kept if h // rec.group_size == g) for g in kept_kv]
-    if len(set(counts)) == 1:
-        # kept query heads are sorted by group, so new head j belongs to kept KV head j // c
-        attn.num_key_value_groups = counts[0]
-    else:
-        index = [kept_kv.index(h // rec.group_size) for h in kept]
-        for name in ("k_proj", "v_proj"):
-            old = getattr(attn, name)
-            setattr(attn, name, HeadGatherLinear(old.weight, old.bias, dh, index))
-        attn.num_key_value_groups = 1
-
-
-def _prune_gpt2(attn: nn.Module, rec: PruningRecord, layer: int) -> None:
-    dh, kept = rec.head_dim, rec.kept(layer)
-    width = rec.n_heads * dh
-    cols = torch.cat([_rows(kept, dh, offset=b * width) for b in range(3)])  # q, k, v blocks of c_attn
-    c_attn, c_proj = attn.c_attn, attn.c_proj
-    c_attn.weight = _keep(c_attn.weight, cols, 1)  # Conv1D weight is [in, out]
-    c_attn.bias = _keep(c_attn.bias, cols, 0)
-    c_attn.nf = c_attn.weight.shape[1]
-    c_proj.weight = _keep(c_proj.weight, _rows(kept, dh), 0)
-    c_proj.nx = c_proj.weight.shape[0]
-    attn.split_size = len(kept) * dh
-    attn.num_heads = len(kept)
-
-
-def _prune_bert(self_attn: nn.Module, o_proj: nn.Module, rec: PruningRecord, layer: int) -> None:
-    idx = _rows(rec.kept(layer), rec.head_dim)
-    for name in ("query", "key", "value"):
-        _slice_linear(getattr(self_attn, name), idx, 0)
-    _slice_linear(o_proj, idx, 1)
-    self_attn.num_attention_heads = len(rec.kept(layer))
-    self_attn.all_head_size = len(idx)
+def _text_config(config: Any) -> Any:
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
 def is_pruned(model: nn.Module) -> bool:
@@ -256,25 +182,14 @@ def pruning_record(model: nn.Module) -> PruningRecord | None:
 
 def _apply(model: nn.Module, layout: HeadLayout, rec: PruningRecord) -> None:
     blocks = layout.blocks(model)
+    fam = rec.family_def
     for layer in sorted(rec.removed):
-        block = blocks[layer]
-        attn = _get_path(block, layout.attn_path)
-        if rec.family == "llama":
-            _prune_llama(attn, rec, layer)
-        elif rec.family == "gpt2":
-            _prune_gpt2(attn, rec, layer)
-        elif rec.family == "bert":
-            _prune_bert(attn, _get_path(block, layout.o_proj_path), rec, layer)
-        else:  # pragma: no cover - layouts only produce these families
-            raise HeadgameError(f"head surgery is not implemented for the {rec.family} family")
+        fam.prune_block(blocks[layer], rec.cut(layer))
     model._headgame_pruning = rec
-    if rec.family == "llama" and rec.is_uniform() and rec.n_removed:
+    if rec.plain_loadable and rec.n_removed:
         # Every layer has the same shape: the config can say so, and HeadLayout/HeadTap and
         # plain transformers then see an ordinary (smaller) model.
-        text_cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-        text_cfg.num_attention_heads = len(rec.kept(0))
-        text_cfg.num_key_value_heads = len(rec.kept_kv(0))
-        text_cfg.head_dim = rec.head_dim
+        fam.shrink_config(_text_config(model.config), len(rec.kept(0)), len(rec.kept_kv(0)), rec.head_dim)
 
 
 def prune_heads(model: nn.Module, layout: HeadLayout, removed: Mapping[int, Iterable[int]]) -> PruningRecord:
@@ -295,7 +210,7 @@ def _attention_param_ids(model: nn.Module, layout: HeadLayout) -> set[int]:
     ids: set[int] = set()
     for block in layout.blocks(model):
         for path in {layout.attn_path, layout.o_proj_path}:
-            ids.update(id(p) for p in _get_path(block, path).parameters())
+            ids.update(id(p) for p in get_path(block, path).parameters())
     return ids
 
 
@@ -324,22 +239,22 @@ def zero_gates(layout: HeadLayout, removed: Mapping[int, Iterable[int]]) -> dict
 
 def head_counts(model: nn.Module, layout: HeadLayout) -> list[tuple[int, int]]:
     """(query heads, KV heads) per layer, read from the actual projection shapes."""
-    dh = layout.head_dim
-    out = []
-    for block in layout.blocks(model):
-        attn = _get_path(block, layout.attn_path)
-        if layout.family == "llama":
-            out.append((attn.q_proj.weight.shape[0] // dh, attn.k_proj.weight.shape[0] // dh))
-        elif layout.family == "gpt2":
-            n = attn.c_attn.weight.shape[1] // (3 * dh)
-            out.append((n, n))
-        else:
-            n = attn.query.weight.shape[0] // dh
-            out.append((n, n))
-    return out
+    fam = layout.family_def
+    return [fam.head_counts(block, layout.head_dim) for block in layout.blocks(model)]
 
 
 # --------------------------------------------------------------------------- save / load
+
+
+def _own_names(model: nn.Module) -> dict[str, Any]:
+    """Keep the module's own parameter names in the file: :func:`load_pruned` loads them into the
+    rebuilt modules as they are, while transformers 5 would write some families' legacy names
+    (GPT-NeoX: ``lm_head`` as ``embed_out``)."""
+    import inspect
+
+    if "save_original_format" in inspect.signature(model.save_pretrained).parameters:
+        return {"save_original_format": False}
+    return {}
 
 
 def save_pruned(model: nn.Module, tokenizer: Any, out_dir: str | Path, *, extra: Mapping[str, Any] | None = None) -> Path:
@@ -352,12 +267,12 @@ def save_pruned(model: nn.Module, tokenizer: Any, out_dir: str | Path, *, extra:
     data = rec.to_dict()
     if extra:
         data["extra"] = dict(extra)
-    data["plain_transformers_loadable"] = bool(rec.family == "llama" and rec.is_uniform())
+    data["plain_transformers_loadable"] = rec.plain_loadable
     out_dir = Path(out_dir)
     setattr(model.config, CONFIG_KEY, data)
     try:
         with AtomicDir(out_dir) as tmp:
-            model.save_pretrained(tmp, safe_serialization=True)
+            model.save_pretrained(tmp, safe_serialization=True, **_own_names(model))
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
             write_json_atomic(tmp / PRUNING_FILE, data)
@@ -376,17 +291,6 @@ def read_record(path: str | Path) -> PruningRecord | None:
     except (OSError, ValueError) as exc:
         raise HeadgameError(f"{f} cannot be read ({exc}); re-save the pruned model with headgame prune") from None
     return PruningRecord.from_dict(data)
-
-
-def _model_class(config: Any):
-    import transformers
-
-    archs = getattr(config, "architectures", None) or []
-    if getattr(config, "model_type", "") in ("bert", "roberta", "xlm-roberta"):
-        if any(a.endswith("ForMaskedLM") for a in archs):
-            return transformers.AutoModelForMaskedLM
-        return transformers.AutoModel
-    return transformers.AutoModelForCausalLM
 
 
 def load_pruned(path: str | Path, *, dtype: "str | torch.dtype" = "float32", attn_implementation: str = "sdpa"):
@@ -417,14 +321,14 @@ def load_pruned(path: str | Path, *, dtype: "str | torch.dtype" = "float32", att
     data = getattr(config, CONFIG_KEY, None) or {}
     if hasattr(config, CONFIG_KEY):
         delattr(config, CONFIG_KEY)
-    text_cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
-    if data.get("uniform") and rec.family == "llama" and rec.n_removed:
+    fam = rec.family_def
+    if data.get("uniform") and fam.config_shrinks and rec.n_removed:
         # the saved config holds the pruned head counts: rebuild the original shape first
-        text_cfg.num_attention_heads, text_cfg.num_key_value_heads = rec.n_heads, rec.n_kv_heads
+        fam.restore_config(_text_config(config), rec.n_heads, rec.n_kv_heads)
     from transformers.initialization import no_init_weights
 
     with no_init_weights():
-        model = _model_class(config).from_config(config, attn_implementation=attn_implementation)
+        model = fam.auto_class(config).from_config(config, attn_implementation=attn_implementation)
     layout = HeadLayout.from_model(model)
     with torch.no_grad():
         _apply(model, layout, plan_pruning(layout, rec.removed))

@@ -1,18 +1,19 @@
 """Tiny random-weight models built from configs, with a byte-level tokenizer; no download.
 
-Used by the unit tests and by ``headgame analyze --model tiny-llama`` for quick checks. Each
-architecture the layouts support has one: Llama with GQA, Qwen2 (GQA, q/k/v biases), GPT-2
-(Conv1D projections) and BERT (bidirectional, masked-LM head).
+Used by the unit tests and by ``headgame analyze --model tiny-llama`` for quick checks. Every
+architecture family defines its own in ``models/families/<family>.py``: Llama with GQA, Qwen2
+(GQA, q/k/v biases), GPT-2 (Conv1D projections), BERT (bidirectional, masked-LM head), GPT-NeoX
+(fused QKV interleaved per head), OPT, Phi-3 (fused [Q|K|V], GQA) and Falcon (grouped fused
+QKV; multi-query and per-head layouts through config overrides).
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from headgame.errors import HeadgameError
+from headgame.models.families import TinyBuilder, TinyTokens, tiny_builders
 
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "[CLS]", "[SEP]", "[MASK]")
 VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)  # 256 byte symbols + specials
@@ -43,56 +44,14 @@ def byte_tokenizer():
     return tok
 
 
-def _llama(seed_cfg: dict) -> nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
+# ids of the byte tokenizer above: 256 byte symbols, then the specials in order
+TINY_TOKENS = TinyTokens(
+    vocab_size=VOCAB_SIZE, pad=256 + SPECIAL_TOKENS.index("<pad>"), eos=256 + SPECIAL_TOKENS.index("<eos>"),
+    bos=256 + SPECIAL_TOKENS.index("<bos>"),
+)
 
-    cfg = LlamaConfig(
-        vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=128,
-        tie_word_embeddings=True, pad_token_id=256, eos_token_id=257, bos_token_id=258,
-        **seed_cfg,
-    )
-    return LlamaForCausalLM(cfg)
-
-
-def _qwen2(seed_cfg: dict) -> nn.Module:
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    cfg = Qwen2Config(
-        vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        tie_word_embeddings=True, pad_token_id=256, eos_token_id=257, bos_token_id=258,
-        **seed_cfg,
-    )
-    return Qwen2ForCausalLM(cfg)
-
-
-def _gpt2(seed_cfg: dict) -> nn.Module:
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    cfg = GPT2Config(
-        vocab_size=VOCAB_SIZE, n_embd=64, n_layer=2, n_head=4, n_positions=128,
-        pad_token_id=256, eos_token_id=257, bos_token_id=258, **seed_cfg,
-    )
-    return GPT2LMHeadModel(cfg)
-
-
-def _bert(seed_cfg: dict) -> nn.Module:
-    from transformers import BertConfig, BertForMaskedLM
-
-    cfg = BertConfig(
-        vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=128, pad_token_id=256, **seed_cfg,
-    )
-    return BertForMaskedLM(cfg)
-
-
-TINY_BUILDERS: dict[str, Callable[[dict], nn.Module]] = {
-    "tiny-llama": _llama,
-    "tiny-qwen2": _qwen2,
-    "tiny-gpt2": _gpt2,
-    "tiny-bert": _bert,
-}
+# every family's tiny models (``Family.tiny`` in models/families/), by name
+TINY_BUILDERS: dict[str, TinyBuilder] = tiny_builders()
 
 
 def tiny_model(name: str, *, seed: int = 0, attn_implementation: str = "sdpa", **overrides) -> nn.Module:
@@ -103,6 +62,6 @@ def tiny_model(name: str, *, seed: int = 0, attn_implementation: str = "sdpa", *
     if name not in TINY_BUILDERS:
         raise HeadgameError(f"unknown tiny model '{name}'; choose one of {', '.join(TINY_BUILDERS)}")
     torch.manual_seed(seed)
-    model = TINY_BUILDERS[name]({"attn_implementation": attn_implementation, **overrides})
+    model = TINY_BUILDERS[name](TINY_TOKENS, {"attn_implementation": attn_implementation, **overrides})
     model.eval()
     return model

@@ -1,12 +1,13 @@
 """What a model costs: analytic and measured FLOPs, forward and generation throughput.
 
-Spec gt-fep §5.
+See docs/formulas.md#flops and #throughput.
 
 * Analytic FLOPs (:func:`analytic_flops`) per architecture, from the model's actual
   projection shapes (so a pruned model is counted as it is), 2 FLOPs per multiply-add:
   Q/K/V/O projections, QKᵀ and AV over T keys per query (what a dense kernel computes, the
-  causal mask notwithstanding), the MLP (3 matrices for the gated llama MLP, 2 for GPT-2/BERT)
-  and the LM head (BERT: the MLM transform + decoder; a bare BertModel: its pooler on [CLS]).
+  causal mask notwithstanding), the MLP (``Family.mlp_matrices``: 3 for a gated MLP, 2 otherwise)
+  and the LM head (``Family.lm_head_flops``; BERT: the MLM transform + decoder; a bare
+  BertModel: its pooler on [CLS]). The per-family pieces live in ``models/families/``.
   Norms, softmax, activations, biases and embeddings are not counted.
 * Measured FLOPs (:func:`measured_flops`) with ``torch.utils.flop_counter.FlopCounterMode`` on
   one 1 × T batch. In torch 2.13 the counter credits 0 FLOPs to scaled-dot-product attention
@@ -43,22 +44,13 @@ def _dims(model: nn.Module, layout: HeadLayout) -> dict[str, int]:
     cfg = _text_config(model)
     d = layout.d_model
     vocab = int(getattr(cfg, "vocab_size"))
-    if layout.family == "gpt2":
-        ff = int(getattr(cfg, "n_inner", None) or 4 * d)
-    else:
-        ff = int(cfg.intermediate_size)
+    ff = layout.family_def.ffn_width(cfg, d)
     return {"d": d, "ff": ff, "vocab": vocab, "dh": layout.head_dim}
 
 
-def _head_kind(model: nn.Module, layout: HeadLayout) -> str:
-    name = type(model).__name__
-    if layout.family == "bert":
-        return "mlm" if name.endswith("ForMaskedLM") else "pooler"
-    return "lm" if hasattr(model, "lm_head") or name.endswith("LMHeadModel") or name.endswith("ForCausalLM") else "none"
-
-
 def analytic_flops(model: nn.Module, layout: HeadLayout, seq_len: int) -> dict[str, Any]:
-    """Analytic forward FLOPs of one sequence of ``seq_len`` tokens, by component (spec §5)."""
+    """Analytic forward FLOPs of one sequence of ``seq_len`` tokens, by component (docs/formulas.md#flops)."""
+    fam = layout.family_def
     dm = _dims(model, layout)
     d, ff, vocab, dh, t = dm["d"], dm["ff"], dm["vocab"], dm["dh"], seq_len
     comp = {"qkv_proj": 0, "o_proj": 0, "attn_scores": 0, "attn_values": 0, "mlp": 0, "lm_head": 0}
@@ -67,14 +59,9 @@ def analytic_flops(model: nn.Module, layout: HeadLayout, seq_len: int) -> dict[s
         comp["o_proj"] += 2 * t * nq * dh * d
         comp["attn_scores"] += 2 * t * t * nq * dh  # QKᵀ: T keys for each of T queries
         comp["attn_values"] += 2 * t * t * nq * dh  # AV
-        comp["mlp"] += 2 * t * d * ff * (3 if layout.family == "llama" else 2)
-    kind = _head_kind(model, layout)
-    if kind == "lm":
-        comp["lm_head"] = 2 * t * d * vocab
-    elif kind == "mlm":
-        comp["lm_head"] = 2 * t * (d * d + d * vocab)
-    elif kind == "pooler":
-        comp["lm_head"] = 2 * d * d  # pooler dense on the [CLS] position only
+        comp["mlp"] += 2 * t * d * ff * fam.mlp_matrices
+    kind = fam.head_kind(model)
+    comp["lm_head"] = fam.lm_head_flops(model, kind, t, d, vocab)
     attention = comp["qkv_proj"] + comp["o_proj"] + comp["attn_scores"] + comp["attn_values"]
     total = sum(comp.values())
     return {
@@ -101,7 +88,7 @@ def measured_flops(model: nn.Module, layout: HeadLayout, seq_len: int, *, vocab_
     """FLOPs counted by FlopCounterMode for one 1 × ``seq_len`` forward, with eager attention."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from headgame.prune.importance import eager_attention
+    from headgame.models.tap import eager_attention
 
     vocab = vocab_size or int(_text_config(model).vocab_size)
     ids = torch.randint(0, vocab, (1, seq_len), generator=torch.Generator().manual_seed(0))
@@ -195,7 +182,7 @@ def forward_throughput(
     vocab_size: int,
     seed: int = 0,
 ) -> dict[str, dict[str, Any]]:
-    """Forward-pass timing (spec §5): every model on the same random batch, paired with ``models["base"]``."""
+    """Forward-pass timing (docs/formulas.md#throughput): every model on the same random batch, paired with ``models["base"]``."""
     ids = torch.randint(0, vocab_size, (batch_size, seq_len), generator=torch.Generator().manual_seed(seed))
     kw = _forward_kwargs(layout, ids)
 

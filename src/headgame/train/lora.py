@@ -10,26 +10,25 @@ from torch import nn
 from headgame.errors import HeadgameError
 from headgame.models.layout import HeadLayout
 
-# q/k/v/o projections of every attention layer (spec §5 "Q, K, V, O projections (all layers)")
-TARGETS = {
-    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    # GPT-2 fuses q/k/v in c_attn; its MLP also has a c_proj, so match the attention's only
-    "gpt2": r".*\.attn\.(c_attn|c_proj)$",
-}
-
-
 def add_lora(model: nn.Module, layout: HeadLayout, *, r: int, alpha: float, dropout: float, seed: int) -> nn.Module:
+    """Wrap ``model`` with LoRA on the q/k/v/o projections of every attention layer
+    (docs/formulas.md#lora); the family names them (``Family.lora_targets``)."""
     from peft import LoraConfig, get_peft_model
 
-    if layout.family not in TARGETS:
+    from headgame.models.families import FAMILIES
+
+    fam = layout.family_def
+    if fam.lora_targets is None:
+        trainable = ", ".join(f.name for f in FAMILIES.values() if f.lora_targets is not None)
         raise HeadgameError(
-            f"headgame train supports causal language models (Llama family, GPT-2); {layout.architecture} is a "
-            f"{layout.family}-family encoder; pick a causal model"
+            f"headgame train supports causal language models (families: {trainable}); {layout.architecture} is a "
+            f"{fam.name}-family encoder; pick a causal model"
         )
+    targets = fam.lora_targets if isinstance(fam.lora_targets, str) else list(fam.lora_targets)
     torch.manual_seed(seed)  # LoRA A is initialised randomly; make it reproducible
     config = LoraConfig(
         r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none", task_type="CAUSAL_LM",
-        target_modules=TARGETS[layout.family], fan_in_fan_out=layout.family == "gpt2",
+        target_modules=targets, fan_in_fan_out=fam.lora_fan_in_fan_out,
     )
     return get_peft_model(model, config)
 
@@ -48,7 +47,7 @@ class ParamGroups:
         return sum(p.numel() for p in self.params)
 
     def ldb_indices(self, layers: list[int]) -> list[int]:
-        """L_LDB depends on W_O^(i) only: the o_proj adapters of its layers (spec §4.1)."""
+        """L_LDB depends on W_O^(i) only: the o_proj adapters of its layers (docs/formulas.md#ldb)."""
         return sorted({i for l in layers for i in self.o_proj[l]})
 
     def abt_indices(self, layers: list[int]) -> list[int]:
