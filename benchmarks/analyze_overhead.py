@@ -27,7 +27,8 @@ import torch
 from headgame.analyze.collect import CouplingCollector
 from headgame.system import cpu_name, package_versions
 from headgame.models.load import load_model
-from headgame.models.objective import Objective, activation_gradients
+from headgame.models.objective import Objective
+from headgame.models.tap import activation_gradients
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

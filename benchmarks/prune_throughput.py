@@ -44,11 +44,12 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def fep_pruning(model, tok, layout, args) -> tuple[dict[int, list[int]], str]:
     """Heads to prune: from a pruning.json of headgame prune, or a fresh GT-FEP ranking."""
-    from headgame.fep.info import InfoOptions
-    from headgame.fep.run import analyse_symbols, load_sequences, resolve_source
-    from headgame.fep.symbols import collect_symbols
+    from headgame.data.texts import load_sequences, resolve_source
+    from headgame.fep.run import analyse_symbols
+    from headgame.info.analysis import InfoOptions
+    from headgame.measure.select import select_heads
+    from headgame.measure.symbols import collect_symbols
     from headgame.prune.criteria import get_criterion
-    from headgame.prune.select import select_heads
 
     if args.from_pruning:
         res = json.loads(Path(args.from_pruning).read_text())

@@ -211,6 +211,28 @@ def test_gutenberg_without_data_dir_says_how_to_set_it(tmp_path, monkeypatch):
         iter_texts("gutenberg", data_dir=str(tmp_path))
 
 
+def test_one_data_dir_resolver_for_every_reader(tmp_path, monkeypatch):
+    from headgame.data import data_file, resolve_data_dir
+    from headgame.data.benchmarks import FromDataDir, locate
+
+    monkeypatch.delenv("HEADGAME_DATA_DIR", raising=False)
+    assert resolve_data_dir(None, required=False) is None  # the benchmark look-up goes on to packages and the hub
+    with pytest.raises(HeadgameError, match="pass --data-dir DIR or set HEADGAME_DATA_DIR"):
+        resolve_data_dir(None)
+    monkeypatch.setenv("HEADGAME_DATA_DIR", str(tmp_path))
+    assert resolve_data_dir("") == tmp_path  # an empty flag is no flag
+    (tmp_path / "gsm8k").mkdir()
+    (tmp_path / "gsm8k" / "test.jsonl").write_text("{}\n")
+    assert data_file("gsm8k/test.jsonl", None) == tmp_path / "gsm8k" / "test.jsonl"
+    assert locate("gsm8k", None, [FromDataDir("gsm8k/test.jsonl")]).path == tmp_path / "gsm8k" / "test.jsonl"
+    with pytest.raises(HeadgameError, match="wikitext2/x is not in the data directory"):
+        data_file("wikitext2/x", None)
+    for call in (lambda d: resolve_data_dir(d), lambda d: resolve_data_dir(d, required=False),
+                 lambda d: locate("gsm8k", d, [FromDataDir("gsm8k/test.jsonl")])):
+        with pytest.raises(HeadgameError, match="does not exist; pass --data-dir with an existing folder or set HEADGAME_DATA_DIR"):
+            call(str(tmp_path / "missing"))
+
+
 def test_default_corpus_yields_english_prose():
     try:
         files = default_corpus_files()

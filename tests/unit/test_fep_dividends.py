@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from headgame.fep import dividends as dv
-from headgame.fep.entropy import entropy, interaction_information, low_order_entropies, members, mutual_information, subset_entropy_table
+from headgame.info import dividends as dv
+from headgame.info.entropy import entropy, interaction_information, low_order_entropies, members, mutual_information, subset_entropy_table
 
 
 def brute_mobius(f: torch.Tensor) -> torch.Tensor:

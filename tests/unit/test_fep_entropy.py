@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from headgame.fep.entropy import (
+from headgame.info.entropy import (
     Bootstrap,
     conditional_mutual_information,
     dense_codes,
@@ -160,7 +160,7 @@ def test_against_pyitlib_when_installed(sample):
 
 
 def test_bootstrap_intervals_by_hand():
-    from headgame.fep.entropy import basic_ci, bootstrap_ci, percentile_ci
+    from headgame.info.entropy import basic_ci, bootstrap_ci, percentile_ci
 
     samples = torch.arange(101, dtype=torch.float64)  # quantiles 5 and 95 at level 0.9
     lo, hi = percentile_ci(samples, 0.9)

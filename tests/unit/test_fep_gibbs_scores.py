@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from headgame.fep import dividends as dv
-from headgame.fep.entropy import low_order_entropies, subset_entropy_table
-from headgame.fep.gibbs import inclusion_probabilities, mcmc_partitions, partition_energy, subset_gibbs
-from headgame.fep.info import InfoOptions, analyse_layer, dividend_rows
-from headgame.fep.scores import epsilon_nash, fep_exact, fep_order3, shapley_order3, spearman
+from headgame.info import dividends as dv
+from headgame.info.analysis import InfoOptions, analyse_layer, dividend_rows
+from headgame.info.entropy import low_order_entropies, subset_entropy_table
+from headgame.info.gibbs import inclusion_probabilities, mcmc_partitions, partition_energy, subset_gibbs
+from headgame.info.scores import epsilon_nash, fep_exact, fep_order3, shapley_order3, spearman
 
 
 def set_partitions(items: list[int]):

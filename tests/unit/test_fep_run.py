@@ -10,8 +10,8 @@ import torch
 
 from headgame.cli import main
 from headgame.fep.config import FepConfig
-from headgame.fep.symbols import collect_symbols
-from headgame.fep.texts import gsm8k_texts, pad_sequences, tokenize_texts
+from headgame.data.texts import gsm8k_texts, pad_sequences, tokenize_texts
+from headgame.measure.symbols import collect_symbols
 from headgame.models.load import load_model
 
 from tests.conftest import random_batch

@@ -10,7 +10,7 @@ from headgame.models.load import load_model
 from headgame.models.surgery import pruned_copy
 from headgame.prune import cost
 from headgame.prune.criteria import CRITERIA, Criterion, get_criterion, parse_criteria, register
-from headgame.prune.select import budget, round_half_up, select_heads
+from headgame.measure.select import budget, round_half_up, select_heads
 
 
 def test_budget_rounding_and_errors():
@@ -44,7 +44,7 @@ def test_registry():
     assert {"fep", "fep-exact", "shapley", "gibbs", "ablation", "michel", "attention-entropy", "random", "coupling"} <= set(CRITERIA)
     with pytest.raises(HeadgameError, match="unknown criterion 'nope'"):
         get_criterion("nope")
-    with pytest.raises(ValueError, match="already registered"):
+    with pytest.raises(ValueError, match="registered twice"):
         register(Criterion("fep", "", "information", "lowest", lambda ctx: None))
     assert parse_criteria("fep, random,fep") == ["fep", "random"]
     s = np.array([[1.0, 2.0]])

@@ -9,7 +9,7 @@ import torch
 
 from headgame.errors import HeadgameError
 from headgame.models.objective import Objective
-from headgame.models.tap import HeadTap
+from headgame.models.tap import HeadTap, activation_gradients, eager_attention
 from tests.conftest import random_batch
 
 
@@ -119,6 +119,43 @@ def test_padding_excluded_from_callbacks_and_argmax(tiny):
         # padded keys never win
         assert (idx[mask == 1] < mask.sum(1).view(-1, 1, 1).expand_as(idx)[mask == 1]).all()
     assert model.config._attn_implementation == "sdpa"  # restored on exit
+
+
+def test_attention_callback_streams_the_models_own_maps(tiny):
+    model, _, layout = tiny
+    ids, mask = random_batch(model.config.vocab_size, pad_last=3)
+    seen = {}
+    with HeadTap(model, layout, on_attention=lambda l, a: seen.__setitem__(l, a)) as tap, torch.no_grad():
+        tap.set_mask(mask)
+        assert model.config._attn_implementation == "eager"
+        out = model(input_ids=ids, attention_mask=mask, output_attentions=True)
+    assert sorted(seen) == list(range(layout.n_layers)) and not tap.argmax  # argmax not asked for
+    for layer in range(layout.n_layers):
+        torch.testing.assert_close(seen[layer], out.attentions[layer])  # [B, H, T, S]
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_eager_attention_and_activation_gradients_restore_the_model():
+    from headgame.models.load import load_model
+
+    model, tok, layout = load_model("tiny-llama")
+    with eager_attention(model):
+        assert model.config._attn_implementation == "eager"
+        with eager_attention(model):  # nested: the inner block leaves eager in place
+            pass
+        assert model.config._attn_implementation == "eager"
+    assert model.config._attn_implementation == "sdpa"
+    n_hooks = sum(len(m._forward_hooks) for m in model.modules())
+    ids, mask = random_batch(model.config.vocab_size)
+    with activation_gradients(model):
+        assert not any(p.requires_grad for p in model.parameters())
+        with HeadTap(model, layout, layers=[0], grads=True) as tap:
+            tap.set_mask(mask)
+            Objective(model, layout, tok)(ids, mask).loss.backward()
+        assert tap.grads[0].abs().sum() > 0  # the activations still get their gradient
+        assert all(p.grad is None for p in model.parameters())  # the weights get none
+    assert all(p.requires_grad for p in model.parameters())
+    assert sum(len(m._forward_hooks) for m in model.modules()) == n_hooks
 
 
 def test_hooks_removed_after_exception():

@@ -1,6 +1,8 @@
 """Where benchmark files come from, and readers that name the file and line of a bad record.
 
-Look-up order per task (spec game-lora §6.2, the issue's §2):
+Used by the tasks of ``headgame eval`` (:mod:`headgame.evaluate.tasks`).
+
+Look-up order per task:
 
 1. the data directory (``--data-dir`` or ``$HEADGAME_DATA_DIR``) holding the original public
    files (``../shared/data`` in this project; see its MANIFEST.md);
@@ -24,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from headgame.data.corpus import DATA_DIR_ENV
+from headgame.data.datadir import DATA_DIR_ENV, resolve_data_dir
 from headgame.errors import HeadgameError
 
 csv.field_size_limit(1 << 30)
@@ -69,16 +71,6 @@ class Found:
     extra: dict = field(default_factory=dict)
 
 
-def data_dir_root(data_dir: str | os.PathLike | None) -> Path | None:
-    value = os.fspath(data_dir) if data_dir else os.environ.get(DATA_DIR_ENV, "")
-    if not value:
-        return None
-    path = Path(value).expanduser()
-    if not path.is_dir():
-        raise HeadgameError(f"data directory {path} does not exist; pass --data-dir with an existing folder or set {DATA_DIR_ENV}")
-    return path
-
-
 def _package_root(module: str) -> Path | None:
     try:
         spec = importlib.util.find_spec(module)
@@ -113,7 +105,7 @@ def hub_allowed() -> bool:
 
 def locate(task: str, data_dir: str | os.PathLike | None, candidates: list[Any]) -> Found:
     """The first candidate that exists, or one error naming every place looked."""
-    root = data_dir_root(data_dir)
+    root = resolve_data_dir(data_dir, required=False)
     looked: dict[str, list[str]] = {"data-dir": [], "package": [], "hub": []}
     for cand in candidates:
         if isinstance(cand, FromDataDir):

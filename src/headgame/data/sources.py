@@ -39,8 +39,8 @@ from headgame.data.corpus import (
     default_corpus_files,
     gutenberg_dir,
     load_hf_dataset,
-    resolve_data_dir,
 )
+from headgame.data.datadir import resolve_data_dir
 from headgame.errors import HeadgameError
 
 # Suffix (inside an optional .xz) -> reader; a folder takes only these files.

@@ -1,22 +1,28 @@
-"""Texts for GT-FEP: GSM8K problems and WikiText-2 from the data directory, as token sequences.
+"""Texts as token sequences: GSM8K problems, WikiText-2 and any text source, one row per text.
 
-Spec gt-fep §2: a GSM8K problem is the text ``"Question: {question}\\nAnswer: {answer}"`` (format
-``qa``; ``answer`` and ``question`` are the calibration variants). Each problem is one sequence
-(truncated, padded on the right): every non-pad query position is an observation (§3.1) and
-every text is scored on its own for perplexity (§5).
+The GT-FEP set-up: a GSM8K problem is the text
+``"Question: {question}\nAnswer: {answer}"`` (format ``qa``; ``answer`` and ``question`` are the
+calibration variants). Each problem is one sequence (truncated, padded on the right): every
+non-pad query position is an observation of the heads' argmax-key symbols, and every text is
+scored on its own for perplexity. Other sources are packed into blocks by
+:func:`headgame.data.pack_blocks`. :class:`Sequences` is the one container; the measurements
+(:mod:`headgame.measure`) iterate it with :func:`sequence_batches`.
 """
 
 from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from headgame.data.datadir import data_file
+from headgame.data.packing import pack_blocks
+from headgame.data.sources import iter_texts
 from headgame.errors import HeadgameError
 
 GSM8K_FORMATS = {
@@ -26,17 +32,6 @@ GSM8K_FORMATS = {
 }
 GSM8K_TEST = "gsm8k/test.jsonl"
 WIKITEXT_TEST = "wikitext2/wiki.test.raw.xz"
-
-
-def data_file(rel: str, data_dir: str | None, flag: str = "--data-dir") -> Path:
-    """``DATA_DIR/rel``, with a one-line error naming the fix when it is missing."""
-    from headgame.data import resolve_data_dir
-
-    root = resolve_data_dir(data_dir)
-    path = root / rel
-    if not path.is_file():
-        raise HeadgameError(f"{rel} is not in the data directory {root}; pass {flag} pointing at the shared data folder")
-    return path
 
 
 def gsm8k_available(data_dir: str | None) -> bool:
@@ -74,8 +69,6 @@ def gsm8k_texts(path: str | Path, fmt: str = "qa") -> list[str]:
 
 def wikitext_text(path: str | Path) -> str:
     """The whole WikiText-2 test file (raw, optionally .xz) as one string."""
-    from headgame.data import iter_texts
-
     return "\n".join(iter_texts(str(path)))
 
 
@@ -146,3 +139,59 @@ def pad_id_of(tokenizer: Any) -> int:
         if v is not None:
             return int(v)
     return 0
+
+
+def prefix(seqs: Sequences, max_tokens: int) -> Sequences:
+    """The first sequences of ``seqs`` whose tokens reach ``max_tokens`` (at least one)."""
+    lengths = seqs.attention_mask.sum(1)
+    cum = torch.cumsum(lengths, 0)
+    n = int((cum < max_tokens).sum()) + 1
+    n = min(n, seqs.n_sequences)
+    mask = seqs.attention_mask[:n]
+    return Sequences(seqs.input_ids[:n], mask, int(mask.sum()), n, seqs.source)
+
+
+def sequence_batches(seqs: Sequences, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(input_ids [B, T'], attention_mask [B, T']) per chunk of ``batch_size`` sequences.
+
+    Padding is on the right, so the chunk's trailing all-pad columns are dropped (T' ≤ T).
+    """
+    for s in range(0, seqs.n_sequences, batch_size):
+        ids = seqs.input_ids[s : s + batch_size]
+        mask = seqs.attention_mask[s : s + batch_size]
+        width = int(mask.sum(1).max())  # drop all-pad columns
+        yield ids[:, :width], mask[:, :width]
+
+
+def resolve_source(data: str, data_dir: str | None) -> str:
+    """'auto' becomes 'gsm8k' when the data directory holds GSM8K, else the packaged corpus."""
+    if data == "auto":
+        return "gsm8k" if gsm8k_available(data_dir) else "default"
+    return data
+
+
+def load_sequences(
+    source: str,
+    tokenizer: Any,
+    *,
+    causal: bool,
+    max_tokens: int,
+    seq_len: int,
+    data_dir: str | None = None,
+    text_field: str = "text",
+    gsm8k_format: str = "qa",
+    seed: int = 0,
+) -> Sequences:
+    """GSM8K problems (shuffled with ``seed``, one sequence each) or packed blocks of any source."""
+    if source == "gsm8k":
+        path = data_file(GSM8K_TEST, data_dir)
+        texts = shuffled(gsm8k_texts(path, gsm8k_format), seed)
+        ids, cut = tokenize_texts(texts, tokenizer, max_len=seq_len, max_tokens=max_tokens)
+        return pad_sequences(ids, pad_id_of(tokenizer), source=f"gsm8k ({path})", truncated=cut)
+    wrap = None if causal else (tokenizer.cls_token_id, tokenizer.sep_token_id)
+    blocks = pack_blocks(
+        iter_texts(source, text_field=text_field, data_dir=data_dir), tokenizer, seq_len=seq_len, max_tokens=max_tokens,
+        eos_id=tokenizer.eos_token_id if causal else None, source_name=source,
+        wrap_cls_sep=wrap if wrap and None not in wrap else None,
+    )
+    return Sequences(blocks.input_ids, blocks.attention_mask, blocks.n_tokens, blocks.n_blocks, source)

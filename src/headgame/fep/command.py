@@ -8,60 +8,34 @@ import os
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from headgame.cliargs import add_model_arg, add_run_args, add_text_args
+    from headgame.cliargs import add_config_flags, add_run_options
     from headgame.fep.config import FepConfig
 
-    d = FepConfig()
     p = sub.add_parser(
         "fep",
         help="GT-FEP: Harsanyi dividends of head entropies, triple redundancy per layer, head marginal contributions",
         description=(
-            "Discretise every head's output as its argmax key index (spec gt-fep §3.1), estimate joint entropies of "
+            "Discretise every head's output as its argmax key index, estimate joint entropies of "
             "head subsets, and report Harsanyi dividends (pairs = mutual information, triples = interaction "
             "information), per-layer fractions of negative triples with a Wilcoxon test, head scores (fep, fep-exact, "
             "shapley, gibbs), coalition-structure MCMC and the ε-Nash check against ablation ΔNLL. Writes "
             "dividends.csv|parquet, layer_summary.csv, head_scores.csv, fep.json, PNG histograms and report.html."
         ),
     )
-    add_model_arg(p, d.model)
-    p.add_argument("--data", default=d.data, help="gsm8k (test problems, one sequence each), auto (gsm8k when available, else the packaged corpus), or any analyze source (default auto)")
-    add_text_args(p, d.text_field)
-    p.add_argument("--gsm8k-format", default=d.gsm8k_format, choices=["qa", "answer", "question"], help="GSM8K text format (default qa)")
-    p.add_argument("--max-tokens", type=int, default=d.max_tokens, help=f"token budget (default {d.max_tokens})")
-    p.add_argument("--seq-len", type=int, default=d.seq_len, help=f"tokens per sequence (default {d.seq_len})")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"sequences per forward pass (default {d.batch_size})")
-    p.add_argument("--layers", default=d.layers, help="all, 5, 0,3,7 or 10-19 (default all)")
-    p.add_argument("--alphabet", default=d.alphabet, choices=["absolute", "relative"], help="argmax key index or offset q-k (default absolute)")
-    p.add_argument("--miller-madow", action="store_true", help="apply the Miller-Madow bias correction to every entropy")
-    p.add_argument("--bootstrap", type=int, default=d.bootstrap, help=f"bootstrap resamples over sequences for CIs, 0 = none (default {d.bootstrap})")
-    p.add_argument("--ci-method", default=d.ci_method, choices=["basic", "percentile"], help="bootstrap interval: basic (bias-corrected for plug-in entropies) or percentile (default basic)")
-    p.add_argument("--full-max-heads", type=int, default=d.full_max_heads, help=f"all 2^H dividends for layers with at most this many heads (default {d.full_max_heads})")
-    p.add_argument("--beta", type=float, default=d.beta, help="precision of the Gibbs distributions, 1/bit (default 1)")
-    p.add_argument("--mcmc-steps", type=int, default=d.mcmc_steps, help=f"MCMC steps over coalition structures per layer, 0 = skip (default {d.mcmc_steps})")
-    p.add_argument("--mcmc-burn-in", type=int, default=d.mcmc_burn_in, help=f"MCMC burn-in steps (default {d.mcmc_burn_in})")
-    p.add_argument("--fraction", type=float, default=d.fraction, help=f"share of heads pruned for the ε-Nash report (default {d.fraction})")
-    p.add_argument("--per-layer", action="store_true", help="ε-Nash pruning within each layer instead of globally")
-    p.add_argument("--ablation-tokens", type=int, default=d.ablation_tokens, help=f"tokens for per-head ablation ΔNLL (Spearman check), 0 = skip (default {d.ablation_tokens})")
-    p.add_argument("--format", dest="table_format", default=d.table_format, choices=["csv", "parquet"], help="dividends table format (default csv)")
-    add_run_args(p, d, seed_help="seed for GSM8K sampling, bootstrap and MCMC")
+    add_config_flags(p, FepConfig, aliases={"table_format": ("--format",)})
+    add_run_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from headgame.cliargs import add_model_arg, add_run_args, add_text_args
+    from headgame.cliargs import apply_threads, config_from_args
     from headgame.fep.config import FepConfig
     from headgame.fep.run import run_fep
 
-    cfg = FepConfig(
-        model=args.model, data=args.data, text_field=args.text_field, data_dir=args.data_dir, gsm8k_format=args.gsm8k_format,
-        max_tokens=args.max_tokens, seq_len=args.seq_len, batch_size=args.batch_size, layers=args.layers,
-        alphabet=args.alphabet, miller_madow=args.miller_madow, bootstrap=args.bootstrap, ci_method=args.ci_method, full_max_heads=args.full_max_heads,
-        beta=args.beta, mcmc_steps=args.mcmc_steps, mcmc_burn_in=args.mcmc_burn_in, fraction=args.fraction,
-        per_layer=args.per_layer, ablation_tokens=args.ablation_tokens, table_format=args.table_format, out=args.out,
-        seed=args.seed, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
-    )
+    apply_threads(args)
+    cfg = config_from_args(args, FepConfig)
     err = Console(stderr=True)
     result = run_fep(cfg, progress=not args.no_progress, console=err)
     for w in result.get("warnings", []):

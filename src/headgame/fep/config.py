@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from headgame.config import ConfigMixin, nonneg_int, positive_int
+from headgame.config import ConfigMixin, check_dtype, nonneg_int, positive_int
 from headgame.errors import HeadgameError
 
 TABLE_FORMATS = ("csv", "parquet")
@@ -13,7 +13,7 @@ TABLE_FORMATS = ("csv", "parquet")
 
 @dataclass
 class FepConfig(ConfigMixin):
-    """Configuration of ``headgame fep`` (spec gt-fep §3)."""
+    """Configuration of ``headgame fep`` (docs/formulas.md#gt-fep)."""
 
     model: str = "smollm2-135m"
     """Model spec: packaged name, .gguf file, local folder or hub id."""
@@ -24,7 +24,7 @@ class FepConfig(ConfigMixin):
     data_dir: str | None = None
     """Folder of the public data files (else $HEADGAME_DATA_DIR)."""
     gsm8k_format: str = "qa"
-    """GSM8K text format: qa ("Question: …\\nAnswer: …"), answer or question (spec §2)."""
+    """GSM8K text format: qa ("Question: …\\nAnswer: …"), answer or question (docs/formulas.md#symbols)."""
     max_tokens: int = 16384
     """Token budget: sequences are added until their non-pad tokens reach it."""
     seq_len: int = 256
@@ -34,24 +34,24 @@ class FepConfig(ConfigMixin):
     layers: str = "all"
     """Layers to analyse: all, 5, 0,3,7 or 10-19."""
     alphabet: str = "absolute"
-    """Symbol of a head: absolute argmax key index, or relative offset q − k (spec §3.1)."""
+    """Symbol of a head: absolute argmax key index, or relative offset q − k (docs/formulas.md#symbols)."""
     miller_madow: bool = False
     """Add the Miller–Madow correction (m − 1)/(2 n ln 2) to every entropy."""
     bootstrap: int = 200
     """Bootstrap resamples over sequences for the CIs of pair/triple dividends (0 = none)."""
     ci_method: str = "basic"
     """Bootstrap interval: basic (reflected about the estimate, correcting the downward shift of
-    resampled plug-in entropies) or percentile (spec §3.2's default)."""
+    resampled plug-in entropies) or percentile (docs/formulas.md#bootstrap)."""
     full_max_heads: int = 12
     """Compute all 2^H subset dividends for layers with at most this many heads."""
     beta: float = 1.0
-    """Precision β (bits⁻¹) of the Gibbs distributions (spec §3.6)."""
+    """Precision β (bits⁻¹) of the Gibbs distributions (docs/formulas.md#gibbs)."""
     mcmc_steps: int = 20000
     """Metropolis steps over coalition structures per layer (0 = skip)."""
     mcmc_burn_in: int = 2000
     """Discarded initial steps of the chain."""
     fraction: float = 0.2
-    """Share of heads a hypothetical fep pruning removes, for the ε-Nash report (spec §3.8)."""
+    """Share of heads a hypothetical fep pruning removes, for the ε-Nash report (docs/formulas.md#epsilon-nash)."""
     per_layer: bool = False
     """Rank within each layer instead of globally for the ε-Nash report."""
     ablation_tokens: int = 256
@@ -60,10 +60,10 @@ class FepConfig(ConfigMixin):
     """Dividends table format: csv or parquet (needs pyarrow)."""
     out: str = "fep-out"
     """Output folder."""
-    seed: int = 0
+    seed: int = 42
     """Seed for sampling GSM8K problems, the bootstrap and the MCMC."""
     dtype: str = "float32"
-    """Model dtype (spec §2: float32 for attention extraction)."""
+    """Model dtype (docs/formulas.md#symbols: float32 for attention extraction)."""
     trust_remote_code: bool = False
     """Allow custom modelling code from a hub repository."""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -93,8 +93,7 @@ class FepConfig(ConfigMixin):
             raise HeadgameError(f"--gsm8k-format {self.gsm8k_format} is not known; use qa, answer or question")
         if not (self.beta > 0):
             raise HeadgameError(f"--beta must be positive, got {self.beta}; pass e.g. --beta 1")
-        from headgame.prune.select import check_fraction
+        from headgame.measure.select import check_fraction
 
         check_fraction(self.fraction)
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise HeadgameError(f"--dtype {self.dtype} is not supported; use float32, bfloat16 or float16")
+        check_dtype(self.dtype)

@@ -230,7 +230,7 @@ def render_page(result: Mapping[str, Any], images: Mapping[str, bytes]) -> str:
 def write_outputs(result: dict, infos: Mapping[int, Any], head_scores: Mapping[str, np.ndarray | None], out: Path, *,
                   table_format: str = "csv", config_yaml: str | None = None, report: bool = True) -> list[Path]:
     """Write the dividends table, layer summary, head scores, fep.json, figures and report.html."""
-    from headgame.fep.info import dividend_rows
+    from headgame.info.analysis import dividend_rows
 
     out = Path(out)
     paths = []

@@ -1,4 +1,4 @@
-"""``headgame fep``: GT-FEP dividends and head scores of a real model (spec gt-fep §3).
+"""``headgame fep``: GT-FEP dividends and head scores of a real model (docs/formulas.md).
 
 Pipeline (plain functions): load the model → token sequences (GSM8K problems or packed text)
 → argmax-key symbols of every head through HeadTap (§3.1) → per layer entropies, dividends,
@@ -18,72 +18,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from headgame import __version__
+from headgame.version import __version__
+from headgame.data.texts import load_sequences, prefix, resolve_source
 from headgame.errors import HeadgameError
-from headgame.fep import dividends as dv
 from headgame.fep.config import FepConfig
-from headgame.fep.info import InfoOptions, LayerInfo, analyse_layer
-from headgame.fep.scores import epsilon_nash, spearman
-from headgame.fep.symbols import HeadSymbols, collect_symbols
-from headgame.fep.texts import (
-    GSM8K_TEST,
-    Sequences,
-    data_file,
-    gsm8k_available,
-    gsm8k_texts,
-    pad_id_of,
-    pad_sequences,
-    shuffled,
-    tokenize_texts,
-)
+from headgame.info import dividends as dv
+from headgame.info.analysis import InfoOptions, LayerInfo, analyse_layer
+from headgame.info.scores import epsilon_nash, spearman
+from headgame.measure.select import select_heads
+from headgame.measure.symbols import HeadSymbols, collect_symbols
 
 INFO_SCORES = ("fep", "fep-exact", "shapley", "gibbs")
-
-
-def resolve_source(data: str, data_dir: str | None) -> str:
-    """'auto' becomes 'gsm8k' when the data directory holds GSM8K, else the packaged corpus."""
-    if data == "auto":
-        return "gsm8k" if gsm8k_available(data_dir) else "default"
-    return data
-
-
-def load_sequences(
-    source: str,
-    tokenizer: Any,
-    *,
-    causal: bool,
-    max_tokens: int,
-    seq_len: int,
-    data_dir: str | None = None,
-    text_field: str = "text",
-    gsm8k_format: str = "qa",
-    seed: int = 0,
-) -> Sequences:
-    """GSM8K problems (shuffled with ``seed``, one sequence each, spec §2) or packed blocks of any source."""
-    if source == "gsm8k":
-        path = data_file(GSM8K_TEST, data_dir)
-        texts = shuffled(gsm8k_texts(path, gsm8k_format), seed)
-        ids, cut = tokenize_texts(texts, tokenizer, max_len=seq_len, max_tokens=max_tokens)
-        return pad_sequences(ids, pad_id_of(tokenizer), source=f"gsm8k ({path})", truncated=cut)
-    from headgame.data import iter_texts, pack_blocks
-
-    wrap = None if causal else (tokenizer.cls_token_id, tokenizer.sep_token_id)
-    blocks = pack_blocks(
-        iter_texts(source, text_field=text_field, data_dir=data_dir), tokenizer, seq_len=seq_len, max_tokens=max_tokens,
-        eos_id=tokenizer.eos_token_id if causal else None, source_name=source,
-        wrap_cls_sep=wrap if wrap and None not in wrap else None,
-    )
-    return Sequences(blocks.input_ids, blocks.attention_mask, blocks.n_tokens, blocks.n_blocks, source)
-
-
-def prefix(seqs: Sequences, max_tokens: int) -> Sequences:
-    """The first sequences of ``seqs`` whose tokens reach ``max_tokens`` (at least one)."""
-    lengths = seqs.attention_mask.sum(1)
-    cum = torch.cumsum(lengths, 0)
-    n = int((cum < max_tokens).sum()) + 1
-    n = min(n, seqs.n_sequences)
-    mask = seqs.attention_mask[:n]
-    return Sequences(seqs.input_ids[:n], mask, int(mask.sum()), n, seqs.source)
 
 
 def analyse_symbols(symbols: HeadSymbols, opts: InfoOptions, on_layer: Callable[[int], None] | None = None) -> dict[int, LayerInfo]:
@@ -96,7 +41,7 @@ def analyse_symbols(symbols: HeadSymbols, opts: InfoOptions, on_layer: Callable[
 
 
 def pooled_summary(infos: dict[int, LayerInfo]) -> dict[str, Any]:
-    """Model-level view of the triple dividends (spec §3.5, §6 acceptance targets)."""
+    """Model-level view of the triple dividends: the paper's claim is that most are negative in every layer."""
     allv = np.concatenate([i.triples for i in infos.values()]) if infos else np.zeros(0)
     pooled = dv.summarise_triples(allv).to_dict()
     layers_ok = [l for l, i in infos.items() if i.summary.n and i.summary.frac_negative > 0.5 and i.summary.median < 0]
@@ -136,7 +81,6 @@ def run_fep(cfg: FepConfig, *, progress: bool = True, console: Any = None, repor
     from headgame.system import package_versions
     from headgame.fep.report import write_outputs
     from headgame.models.surgery import load_any
-    from headgame.prune.select import select_heads
 
     out = Path(cfg.out)
     check_writable(out)
@@ -169,7 +113,7 @@ def run_fep(cfg: FepConfig, *, progress: bool = True, console: Any = None, repor
         timing["dividends_s"] = time.perf_counter() - t0
         ablation = base_nll = None
         if cfg.ablation_tokens and layers == list(range(layout.n_layers)):
-            from headgame.prune.importance import ablation_delta_nll
+            from headgame.measure.importance import ablation_delta_nll
 
             t0 = time.perf_counter()
             task = bar.add_task("ablation", total=layout.n_layers * layout.n_heads)
@@ -212,17 +156,17 @@ def run_fep(cfg: FepConfig, *, progress: bool = True, console: Any = None, repor
         "warnings": warnings,
         "timing": {**{k: round(v, 2) for k, v in timing.items()}, "seconds": round(time.perf_counter() - t_start, 2)},
         "notes": {
-            "dividends": "D(S) = Σ_{T⊆S} (−1)^{|S|−|T|} F(T), F(S) = |S|·log2 K − H(X_S) (spec §3.3–§3.4); pairs = MI ≥ 0, "
+            "dividends": "D(S) = Σ_{T⊆S} (−1)^{|S|−|T|} F(T), F(S) = |S|·log2 K − H(X_S) (docs/formulas.md); pairs = MI ≥ 0, "
                          "triples = I(X;Y|Z) − I(X;Y): negative = redundancy",
             "wilcoxon": "one-sided signed-rank test of a layer's triple dividends against 0 (H1: median < 0); triples share heads, "
                         "so the p-value is descriptive",
-            "bootstrap": f"{cfg.ci_method} intervals over sequences (spec §3.2); a resample repeats sequences, which lowers plug-in "
+            "bootstrap": f"{cfg.ci_method} intervals over sequences; a resample repeats sequences, which lowers plug-in "
                          "joint entropies and shifts every resampled quantity; the basic interval (2θ̂ − q_hi, 2θ̂ − q_lo) "
                          "corrects that shift, the percentile interval need not contain the estimate",
-            "fep_score": "m_i^(≤3) truncates H(X_i | rest) at order 3 (spec §3.7); where a layer's pair and triple dividends are "
+            "fep_score": "m_i^(≤3) truncates H(X_i | rest) at order 3 (docs/formulas.md); where a layer's pair and triple dividends are "
                          "large the truncation leaves [0, H_i] (it can be negative or exceed H_i), so ε and global rankings "
                          "across layers inherit that error; fep-exact is bounded but saturates",
-            "orders": "dividends of order ≥ 4 come from joint entropies that saturate near log2(n): interpret them cautiously (spec §3.2)",
+            "orders": "dividends of order ≥ 4 come from joint entropies that saturate near log2(n): interpret them cautiously",
         },
     }
     head_scores = {"entropy": h1, **scores}

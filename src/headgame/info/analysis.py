@@ -15,18 +15,19 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from headgame.fep import dividends as dv
-from headgame.fep.entropy import (
-    LowOrderEntropies,
+from headgame.info import dividends as dv
+from headgame.info.entropy import (
     Bootstrap,
+    LowOrderEntropies,
+    bootstrap_ci,
     dense_codes,
     entropy_from_counts,
     low_order_entropies,
-    bootstrap_ci,
+    members,
     subset_entropy_table,
 )
-from headgame.fep.gibbs import PartitionChain, inclusion_probabilities, mcmc_partitions, subset_gibbs
-from headgame.fep.scores import fep_exact, fep_order3, shapley_order3
+from headgame.info.gibbs import PartitionChain, inclusion_probabilities, mcmc_partitions, subset_gibbs
+from headgame.info.scores import fep_exact, fep_order3, shapley_order3
 
 FULL_MAX_HEADS = 12
 
@@ -41,7 +42,7 @@ class InfoOptions:
     mcmc_steps: int = 20_000  # 0 = skip the coalition-structure chain
     mcmc_burn_in: int = 2_000
     ci_level: float = 0.95
-    ci_method: str = "basic"  # or "percentile" (spec §3.2's default; biased for plug-in entropies)
+    ci_method: str = "basic"  # or "percentile" (the textbook interval; biased for plug-in entropies)
 
 
 @dataclass
@@ -180,8 +181,6 @@ def dividend_rows(info: LayerInfo, *, max_order: int | None = None) -> list[dict
                      "value": float(value), "ci_low": lo, "ci_high": hi})
 
     if info.dividends is not None:
-        from headgame.fep.entropy import members
-
         limit = h if max_order is None else max_order
         order = sorted(range(1, 1 << h), key=lambda m: (bin(m).count("1"), members(m)))
         for m in order:

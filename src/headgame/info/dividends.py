@@ -1,6 +1,6 @@
 """Harsanyi dividends of the coalition free energy, and per-layer summaries.
 
-Spec gt-fep §3.3–§3.5. Pure functions on tensors of entropies (bits).
+The GT-FEP paper's dividends (docs/formulas.md). Pure functions on tensors of entropies (bits).
 
 * Coalition free energy with a uniform prior over K symbols per head and deterministic
   dynamics: F(S) = |S|·log2 K − H(X_S) (§3.3).
@@ -65,13 +65,13 @@ def mask_sizes(n_heads: int) -> torch.Tensor:
 
 
 def free_energy_table(h_table: torch.Tensor, log2_k: float) -> torch.Tensor:
-    """F(S) = |S|·log2 K − H(X_S) (spec §3.3) for every subset; ``h_table`` [..., 2^H]."""
+    """F(S) = |S|·log2 K − H(X_S) (docs/formulas.md) for every subset; ``h_table`` [..., 2^H]."""
     n = _n_heads(h_table.shape[-1])
     return mask_sizes(n).to(h_table.dtype) * log2_k - h_table
 
 
 def dividends_table(h_table: torch.Tensor, log2_k: float) -> torch.Tensor:
-    """Harsanyi dividends D_F(S) of every subset (spec §3.4); entry 0 is 0."""
+    """Harsanyi dividends D_F(S) of every subset (docs/formulas.md); entry 0 is 0."""
     return mobius(free_energy_table(h_table, log2_k))
 
 
@@ -148,7 +148,7 @@ def summarise_triples(values: np.ndarray | torch.Tensor) -> TripleSummary:
     """Mean, median, fraction < 0 and the one-sided Wilcoxon signed-rank test (H1: median < 0).
 
     The triples of a layer share heads, so they are not independent: read the p-value as a
-    descriptive statistic (spec §3.5).
+    descriptive statistic.
     """
     from scipy import stats
 

@@ -1,10 +1,12 @@
 """Plug-in Shannon entropies (bits) of discretised head outputs and their joint symbols.
 
-Spec gt-fep §3.2. Pure functions on integer tensors; no model, no I/O.
+Pure functions on integer tensors; no model, no I/O (docs/formulas.md, entropies).
 
 * A subset S of heads is one joint variable: its symbol at an observation is the tuple
-  (X_i)_{i∈S}, encoded as one dense int64 code by repeated mixing ``code·K + x`` followed by
-  ``torch.unique(return_inverse=True)`` (exact: no hash collisions, codes stay below n).
+  (X_i)_{i∈S}. Each column is first made dense (its distinct values numbered 0..m−1 in sorted
+  order, so symbols of any sign and size work), then columns are joined one at a time as
+  ``code·m + x`` followed by ``np.unique(return_inverse=True)``. Both factors are below n, so
+  the mixing is exact in int64 (no hash, no collision) and codes stay below n.
 * ``entropy_from_counts`` is the plug-in estimate, with the optional Miller–Madow correction
   Ĥ + (m − 1)/(2 n ln 2), m = observed symbols.
 * Bootstrap over sequences (not positions): each resample gives every sequence a multiplicity,
@@ -46,6 +48,17 @@ def _np(x: torch.Tensor | np.ndarray) -> np.ndarray:
     return x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
+def dense_column(x: torch.Tensor | np.ndarray) -> tuple[np.ndarray, int]:
+    """Dense codes [n] of one column of integer symbols (any sign, any size) and their number m.
+
+    Codes number the distinct values 0..m−1 in ascending order, so joining dense columns
+    orders joint symbols exactly as the raw tuples would be ordered.
+    """
+    a = _np(x).astype(np.int64, copy=False).reshape(-1)
+    values, inverse = np.unique(a, return_inverse=True)
+    return inverse.reshape(-1), int(values.shape[0])
+
+
 def dense_codes(x: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense joint codes of the rows of ``x`` [n, k] (or [n]); returns (codes [n], counts [m])."""
     a = _np(x).astype(np.int64, copy=False).reshape(len(x), -1)  # [n] -> [n, 1]
@@ -56,13 +69,20 @@ def dense_codes(x: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tenso
     return code, counts
 
 
-def combine(code: torch.Tensor | np.ndarray, x: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+def combine(
+    code: torch.Tensor | np.ndarray, x: torch.Tensor | np.ndarray, size: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Joint dense code of (code, x) per observation; returns (codes [n], counts [m]).
 
-    ``code`` is dense (< n) and ``x`` non-negative, so ``code·(max x + 1) + x`` is exact in int64.
+    ``code`` is dense (0 ≤ code < n). ``x`` holds any integer symbols; pass ``size`` only when
+    ``x`` is already dense with values below ``size`` (a :func:`dense_column` result), which
+    skips densifying it again. Then ``code·size + x`` < n² is exact in int64.
     """
-    xa = _np(x).astype(np.int64, copy=False)
-    mixed = _np(code) * (int(xa.max()) + 1) + xa
+    if size is None:
+        xd, size = dense_column(x)
+    else:
+        xd = _np(x).astype(np.int64, copy=False).reshape(-1)
+    mixed = _np(code).astype(np.int64, copy=False).reshape(-1) * size + xd
     _, inverse, counts = np.unique(mixed, return_inverse=True, return_counts=True)
     return torch.from_numpy(inverse.reshape(-1)), torch.from_numpy(counts)
 
@@ -102,7 +122,7 @@ def conditional_mutual_information(x: torch.Tensor, y: torch.Tensor, z: torch.Te
 
 
 def interaction_information(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> float:
-    """McGill's interaction information, synergy-positive: I(X;Y|Z) − I(X;Y) (spec §3.4).
+    """McGill's interaction information, synergy-positive: I(X;Y|Z) − I(X;Y) (McGill 1954).
 
     Negative = redundancy (the three share information); positive = synergy.
     """
@@ -113,7 +133,8 @@ def interaction_information(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -
 
 
 class Bootstrap:
-    """Resamples over sequences: every resample draws S sequences with replacement (spec §3.2).
+    """Resamples over sequences: every resample draws S sequences with replacement
+    (positions of one sequence are dependent, so resampling positions would make the CIs too narrow).
 
     ``mult`` [R, S] holds each sequence's multiplicity per resample. The symbol counts of all
     resamples come from one sparse product, counts[m, R] = C[m, S] @ multᵀ, where C counts each
@@ -247,16 +268,17 @@ def _dfs_masks(n_heads: int) -> Iterator[tuple[int, int, int]]:
 def subset_entropy_table(x: torch.Tensor, *, miller_madow: bool = False) -> torch.Tensor:
     """H(X_S) in bits for every subset S of the columns of ``x`` [n, H], indexed by bitmask.
 
-    Entry 0 (the empty set) is 0. Cost: 2^H − 1 ``torch.unique`` calls on n codes; memory: at
+    Entry 0 (the empty set) is 0. Cost: 2^H − 1 ``np.unique`` calls on n codes; memory: at
     most H live code vectors (depth-first order).
     """
     n, n_heads = x.shape
     if n == 0:
         raise ValueError("no observations; pass at least one")
     table = torch.zeros(1 << n_heads, dtype=torch.float64)
+    cols = [dense_column(x[:, h]) for h in range(n_heads)]  # densified once, joined 2^H − 1 times
     codes: dict[int, torch.Tensor] = {0: torch.zeros(n, dtype=torch.int64)}
     for mask, parent, head in _dfs_masks(n_heads):
-        code, counts = combine(codes[parent], x[:, head])
+        code, counts = combine(codes[parent], *cols[head])
         table[mask] = entropy_from_counts(counts, miller_madow=miller_madow)
         codes[mask] = code
         # a finished branch's codes are never needed again: keep only the current path
@@ -311,6 +333,7 @@ def low_order_entropies(
         b2 = torch.zeros(r, n_heads, n_heads, dtype=torch.float64)
         b3 = torch.zeros(r, n_heads, n_heads, n_heads, dtype=torch.float64) if max_order >= 3 else None
     single = []
+    cols = [dense_column(x[:, h]) for h in range(n_heads)]
     for i in range(n_heads):
         code, counts = dense_codes(x[:, i])
         single.append(code)
@@ -322,7 +345,7 @@ def low_order_entropies(
     if max_order >= 2:
         for i in range(n_heads):
             for j in range(i + 1, n_heads):
-                code_ij, counts = combine(single[i], x[:, j])
+                code_ij, counts = combine(single[i], *cols[j])
                 h, hb = entropy_of_codes(code_ij, counts, boot, miller_madow=miller_madow)
                 h2[i, j] = h2[j, i] = h
                 if hb is not None:
@@ -330,7 +353,7 @@ def low_order_entropies(
                 if max_order < 3:
                     continue
                 for k in range(j + 1, n_heads):
-                    code_ijk, counts = combine(code_ij, x[:, k])
+                    code_ijk, counts = combine(code_ij, *cols[k])
                     h, hb = entropy_of_codes(code_ijk, counts, boot, miller_madow=miller_madow)
                     _sym_set(h3, (i, j, k), h)
                     if hb is not None:

@@ -1,4 +1,4 @@
-"""Gibbs distributions over coalitions of heads (spec gt-fep §3.6). Pure, seeded.
+"""Gibbs distributions over coalitions of heads (the GT-FEP paper's P_β over coalition structures). Pure, seeded.
 
 * Subset level: P_β(S) ∝ exp(−β F(S)) over all 2^H subsets and each head's inclusion
   probability π_i = Σ_{S∋i} P_β(S) (the ``gibbs`` head score).
@@ -79,7 +79,7 @@ def mcmc_partitions(
     burn_in: int = 2_000,
     seed: int = 0,
 ) -> PartitionChain:
-    """Metropolis–Hastings over coalition structures of the H heads of one layer (spec §3.6)."""
+    """Metropolis–Hastings over coalition structures of the H heads of one layer."""
     f = np.asarray(f_table, dtype=np.float64)
     n = int(f.shape[0]).bit_length() - 1
     if burn_in >= steps:

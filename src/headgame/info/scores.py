@@ -1,4 +1,4 @@
-"""Information-side head scores and the ε-Nash report (spec gt-fep §3.7–§3.8). Pure.
+"""Information-side head scores and the ε-Nash report (GT-FEP; docs/formulas.md). Pure.
 
 All scores are per head of one layer, in bits, and large = important (prune the lowest):
 
@@ -37,7 +37,7 @@ def fep_exact(h_full: float, h_minus: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class EpsilonNash:
-    """ε-equilibrium of a pruned configuration (spec §3.8)."""
+    """ε-equilibrium of a pruned configuration: ε is the largest m_i among the pruned heads."""
 
     epsilon_bits: float  # max m_i over pruned heads
     mean_entropy_bits: float  # mean H_i over all heads

@@ -1,4 +1,4 @@
-"""Perplexity before and after pruning (spec gt-fep §5).
+"""Perplexity before and after pruning.
 
 * GSM8K (test split, §2 text format): every problem is scored on its own (no cross-example
   context), truncated to ``max_len`` tokens, with the tokenizer's own special tokens; the first
@@ -21,11 +21,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from headgame.data.packing import pack_blocks
+from headgame.data.sources import iter_texts
+from headgame.data.texts import Sequences, gsm8k_texts, pad_id_of, pad_sequences, sequence_batches, tokenize_texts
 from headgame.errors import HeadgameError
-from headgame.fep.texts import Sequences, gsm8k_texts, pad_id_of, pad_sequences, tokenize_texts
 from headgame.models.layout import HeadLayout
 from headgame.models.objective import causal_lm_loss, masked_lm_loss
-from headgame.prune.importance import batches
 
 PSEUDO_SEEDS = 5
 
@@ -56,8 +57,6 @@ def gsm8k_set(tokenizer: Any, path: str, *, fmt: str = "qa", max_len: int = 1024
 
 
 def wikitext_set(tokenizer: Any, path: str, *, window: int = 512, max_tokens: int | None = None, encoder: bool = False) -> EvalSet:
-    from headgame.data import iter_texts, pack_blocks
-
     wrap = None
     if encoder:
         wrap = (tokenizer.cls_token_id, tokenizer.sep_token_id)
@@ -78,7 +77,7 @@ def perplexity(model: nn.Module, layout: HeadLayout, tokenizer: Any, evalset: Ev
     """Perplexity (causal) or pseudo-perplexity (BERT with an MLM head) of ``model`` on ``evalset``."""
     total, n = 0.0, 0
     if layout.causal:
-        for ids, mask in batches(evalset.seqs, batch_size):
+        for ids, mask in sequence_batches(evalset.seqs, batch_size):
             out = causal_lm_loss(model, ids, mask)
             total += float(out.loss)
             n += out.n_targets
@@ -92,7 +91,7 @@ def perplexity(model: nn.Module, layout: HeadLayout, tokenizer: Any, evalset: Ev
             raise HeadgameError("the tokenizer has no [MASK] token; pseudo-perplexity needs a BERT-family tokenizer")
         special = set(getattr(tokenizer, "all_special_ids", []) or [])
         for s in range(seeds):
-            for b, (ids, mask) in enumerate(batches(evalset.seqs, batch_size)):
+            for b, (ids, mask) in enumerate(sequence_batches(evalset.seqs, batch_size)):
                 gen = torch.Generator().manual_seed(1000 * s + b)
                 out = masked_lm_loss(model, ids, mask, mask_token_id=mask_id, special_ids=special, generator=gen)
                 total += float(out.loss)

@@ -1,6 +1,6 @@
 """Which heads to prune: rank by a criterion, global or per layer, keep at least one per layer.
 
-Spec gt-fep §4.2: the budget is ⌊fraction · H_total⌉ (round half up: 29 of 144 at 20 %),
+The budget is ⌊fraction · H_total⌉ (round half up: 29 of 144 at 20 %),
 ranked globally across layers by default; ``per_layer`` prunes ⌊fraction · H_ℓ⌉ in each layer.
 Ties break by (layer, head) order so that a ranking is reproducible.
 """

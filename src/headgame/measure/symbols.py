@@ -1,4 +1,5 @@
-"""Discretised head outputs: each head's argmax key index per query position (spec gt-fep §3.1).
+"""Discretised head outputs: each head's argmax key index per query position (the GT-FEP
+paper's discretisation).
 
 The forward passes run through :class:`~headgame.models.tap.HeadTap` (``argmax=True``), which
 switches to eager attention and reduces every layer's attention map to its argmax inside the
@@ -36,7 +37,7 @@ class HeadSymbols:
     seq: torch.Tensor  # [N] sequence index of each observation
     pos: torch.Tensor  # [N] query position
     alphabet: str
-    alphabet_size: int  # K, for the modular term of F (spec §3.3)
+    alphabet_size: int  # K, for the modular term |S|·log2 K of F (docs/formulas.md)
     n_sequences: int
 
     @property

@@ -1,4 +1,4 @@
-"""The language-modelling loss whose gradient defines gradient coupling (spec game-lora §3.2).
+"""The language-modelling loss whose gradient defines gradient coupling (docs/formulas.md, ρ).
 
 Causal models use next-token cross-entropy. Encoder models (BERT family) use a masked-LM loss:
 15 % of the real tokens are replaced by [MASK] with a seeded generator. When the checkpoint has
@@ -98,32 +98,3 @@ class Objective:
             self.model, input_ids, attention_mask, mask_token_id=self.mask_token_id,
             special_ids=self.special_ids, generator=self.generator,
         )
-
-
-class activation_gradients:
-    """Context in which backward computes activation gradients only (no weight gradients).
-
-    Every parameter is frozen and the input-embedding output becomes a leaf that requires
-    grad, so the backward pass reaches every layer's o_proj input — all that gradient coupling
-    needs — at the cost of the activation half of a full backward. Restored on exit.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self._saved: list[tuple[nn.Parameter, bool]] = []
-        self._handle = None
-
-    def __enter__(self) -> "activation_gradients":
-        self._saved = [(p, p.requires_grad) for p in self.model.parameters()]
-        for p, _ in self._saved:
-            p.requires_grad_(False)
-        emb = self.model.get_input_embeddings()
-        self._handle = emb.register_forward_hook(lambda mod, args, out: out.detach().requires_grad_())
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        if self._handle is not None:
-            self._handle.remove()
-        for p, flag in self._saved:
-            p.requires_grad_(flag)
-        return False

@@ -3,30 +3,104 @@
 For the chosen layers the tap can
 
 * capture per-head outputs ``o`` of shape [B, T, H, dh] — the input of the output projection,
-  reshaped (spec game-lora §2);
-* capture their gradients during a backward pass (spec game-lora §3.2: the exact g_i, never a
+  reshaped;
+* capture their gradients during a backward pass (docs/formulas.md, ρ: the exact g_i, never a
   shortcut through the LM head);
-* capture each head's argmax key index per query position, [B, T, H] (spec gt-fep §3.1);
+* capture each head's argmax key index per query position, [B, T, H] (GT-FEP symbols);
+* stream each layer's attention map [B, H, T, S] to a callback, one layer alive at a time;
 * apply head gates: head i's output is scaled by g_i before the output projection (a gate of 0
   equals zeroing that head's W_O slice; a gate tensor that requires grad gives d loss / d gate).
 
 Padded positions are excluded from every statistic: streaming callbacks receive only the valid
 tokens, [N, H, dh], and padded query positions get argmax -1. All hooks are removed on exit, also
 after an exception.
+
+Two small context managers sit beside it, so that no other module adds hooks or switches the
+attention implementation: :func:`eager_attention` (SDPA returns no attention weights) and
+:class:`activation_gradients` (a backward pass that reaches the activations but computes no
+weight gradient).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
 from headgame.errors import HeadgameError
+from headgame.models.families import family_for_model_type
 from headgame.models.layout import HeadLayout
 
 TokenCallback = Callable[[int, torch.Tensor], None]
+
+
+def _attn_owner(model: nn.Module) -> nn.Module:
+    """The module whose config names the attention implementation (the inner model of a peft wrapper)."""
+    inner = getattr(getattr(model, "base_model", None), "model", None)
+    return inner if inner is not None and type(model).__name__.startswith("Peft") else model
+
+
+def _set_attn(owner: nn.Module, impl: str) -> None:
+    # the family knows how its models switch kernels (Falcon: only through the config)
+    fam = family_for_model_type(getattr(getattr(owner, "config", None), "model_type", ""))
+    if fam is not None:
+        fam.set_attn_implementation(owner, impl)
+    elif hasattr(owner, "set_attn_implementation"):
+        owner.set_attn_implementation(impl)
+    else:  # pragma: no cover - very old transformers
+        owner.config._attn_implementation = impl
+
+
+@contextlib.contextmanager
+def eager_attention(model: nn.Module) -> Iterator[None]:
+    """Run ``model`` with eager attention inside the block, restoring the previous implementation.
+
+    SDPA and flash kernels never materialise the attention weights; the argmax tap, attention
+    maps and FlopCounterMode (which counts SDPA as 0 FLOPs on CPU) need the eager path.
+    """
+    owner = _attn_owner(model)
+    prev = getattr(owner.config, "_attn_implementation", None)
+    if prev != "eager":
+        _set_attn(owner, "eager")
+    try:
+        yield
+    finally:
+        if prev is not None and prev != "eager":
+            _set_attn(owner, prev)
+
+
+class activation_gradients:
+    """Context in which backward computes activation gradients only (no weight gradients).
+
+    Every parameter is frozen and the input-embedding output becomes a leaf that requires
+    grad, so the backward pass reaches every layer's o_proj input — all that gradient coupling
+    and gate gradients need — at the cost of the activation half of a full backward. Restored
+    on exit.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self._saved: list[tuple[nn.Parameter, bool]] = []
+        self._handle = None
+
+    def __enter__(self) -> "activation_gradients":
+        self._saved = [(p, p.requires_grad) for p in self.model.parameters()]
+        for p, _ in self._saved:
+            p.requires_grad_(False)
+        emb = self.model.get_input_embeddings()
+        self._handle = emb.register_forward_hook(lambda mod, args, out: out.detach().requires_grad_())
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        for p, flag in self._saved:
+            p.requires_grad_(flag)
+        return False
 
 
 class HeadTap:
@@ -43,6 +117,9 @@ class HeadTap:
         gates: ``{layer: tensor[H]}`` multiplying each head's output before the projection.
         on_output: streaming callback ``fn(layer, o_valid [N, H, dh])`` (padding removed).
         on_grad: streaming callback ``fn(layer, g_valid [N, H, dh])`` during backward.
+        on_attention: streaming callback ``fn(layer, weights [B, H, T, S])`` with each layer's
+            detached attention map, padded query rows included (``tap.mask`` tells them
+            apart). Switches to eager attention like ``argmax``.
         keep_graph: keep the graph-connected o_proj inputs in ``self.inputs[layer]`` (for
             ``torch.autograd.grad``); off by default so no graph outlives its step.
     """
@@ -59,6 +136,7 @@ class HeadTap:
         gates: dict[int, torch.Tensor] | None = None,
         on_output: TokenCallback | None = None,
         on_grad: TokenCallback | None = None,
+        on_attention: TokenCallback | None = None,
         keep_graph: bool = False,
     ) -> None:
         self.model = model
@@ -76,6 +154,7 @@ class HeadTap:
                 )
         self.on_output = on_output
         self.on_grad = on_grad
+        self.on_attention = on_attention
         self.keep_graph = keep_graph
         self.mask: torch.Tensor | None = None  # [B, T]; 1 = real token
         # switch off to run a backward pass (e.g. of a regulariser) without recording gradients
@@ -85,13 +164,15 @@ class HeadTap:
         self.argmax: dict[int, torch.Tensor] = {}
         self.inputs: dict[int, torch.Tensor] = {}
         self._handles: list[Any] = []
-        self._prev_attn: str | None = None
+        self._eager: contextlib.AbstractContextManager | None = None
 
     # ----------------------------------------------------------------- lifecycle
     def __enter__(self) -> "HeadTap":
         try:
-            if self.want_argmax:
-                self._switch_to_eager()
+            wants_weights = self.want_argmax or self.on_attention is not None
+            if wants_weights:
+                self._eager = eager_attention(self.model)
+                self._eager.__enter__()
             needs_input_hook = (
                 self.keep_outputs or self.keep_grads or self.on_output or self.on_grad or self.keep_graph
             )
@@ -99,7 +180,7 @@ class HeadTap:
                 if needs_input_hook or layer in self.gates:
                     o_proj = self.layout.o_proj(self.model, layer)
                     self._handles.append(o_proj.register_forward_pre_hook(self._make_pre_hook(layer)))
-                if self.want_argmax:
+                if wants_weights:
                     attn = self.layout.attention(self.model, layer)
                     self._handles.append(attn.register_forward_hook(self._make_attn_hook(layer)))
         except BaseException:
@@ -115,9 +196,9 @@ class HeadTap:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        if self._prev_attn is not None:
-            self._set_attn(self._prev_attn)
-            self._prev_attn = None
+        if self._eager is not None:
+            self._eager.__exit__(None, None, None)
+            self._eager = None
 
     def clear(self) -> None:
         """Forget the tensors kept from the previous batch."""
@@ -131,23 +212,6 @@ class HeadTap:
         self.mask = None if attention_mask is None else attention_mask.bool()
 
     # ----------------------------------------------------------------- helpers
-    def _base_model(self) -> nn.Module:
-        inner = getattr(getattr(self.model, "base_model", None), "model", None)
-        return inner if inner is not None and type(self.model).__name__.startswith("Peft") else self.model
-
-    def _set_attn(self, impl: str) -> None:
-        base = self._base_model()
-        if hasattr(base, "set_attn_implementation"):
-            base.set_attn_implementation(impl)
-        else:  # pragma: no cover - very old transformers
-            base.config._attn_implementation = impl
-
-    def _switch_to_eager(self) -> None:
-        current = getattr(self._base_model().config, "_attn_implementation", None)
-        if current != "eager":
-            self._prev_attn = current
-            self._set_attn("eager")
-
     def _valid(self, x: torch.Tensor) -> torch.Tensor:
         """[B, T, H, dh] -> [N, H, dh] keeping only the non-pad positions."""
         if self.mask is None:
@@ -180,7 +244,7 @@ class HeadTap:
                 if self.keep_graph:
                     # The projection reads an alias, so the hook sees only the gradient that
                     # arrives through the output projection (the LM loss), not that of a
-                    # regulariser reading self.inputs[layer] directly (spec game-lora §3.2).
+                    # regulariser reading self.inputs[layer] directly (docs/formulas.md, ρ).
                     x_proj = x.view_as(x)
                 x_proj.register_hook(self._make_grad_hook(layer, bsz, seq))
             if self.keep_graph:
@@ -211,14 +275,18 @@ class HeadTap:
             weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
             if weights is None:
                 raise HeadgameError(
-                    f"layer {layer} returned no attention weights; the argmax tap needs eager attention "
+                    f"layer {layer} returned no attention weights; the attention tap needs eager attention "
                     "(load the model with attn_implementation='eager')"
                 )
-            # [B, H, Tq, S] -> argmax over keys -> [B, H, Tq] -> [B, Tq, H]
-            idx = weights.detach().argmax(dim=-1).transpose(1, 2)
-            if self.mask is not None:
-                idx = idx.masked_fill(~self.mask.to(idx.device).unsqueeze(-1), -1)
-            self.argmax[layer] = idx
+            weights = weights.detach()  # [B, H, Tq, S]
+            if self.on_attention is not None:
+                self.on_attention(layer, weights)
+            if self.want_argmax:
+                # [B, H, Tq, S] -> argmax over keys -> [B, H, Tq] -> [B, Tq, H]
+                idx = weights.argmax(dim=-1).transpose(1, 2)
+                if self.mask is not None:
+                    idx = idx.masked_fill(~self.mask.to(idx.device).unsqueeze(-1), -1)
+                self.argmax[layer] = idx
             return None
 
         return attn_hook

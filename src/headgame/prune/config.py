@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from headgame.errors import HeadgameError
-from headgame.config import ConfigMixin, nonneg_int, positive_int
+from headgame.config import ConfigMixin, check_dtype, nonneg_int, positive_int
 
 PPL_SETS = ("gsm8k", "wikitext2")
 DEFAULT_COMPARE = "fep,random,attention-entropy,michel,ablation"
@@ -14,7 +14,7 @@ DEFAULT_COMPARE = "fep,random,attention-entropy,michel,ablation"
 
 @dataclass
 class PruneConfig(ConfigMixin):
-    """Configuration of ``headgame prune`` (spec gt-fep §4–§5)."""
+    """Configuration of ``headgame prune`` (docs/formulas.md#pruning)."""
 
     model: str = "smollm2-135m"
     """Model spec: packaged name, .gguf file, local folder or hub id."""
@@ -37,7 +37,7 @@ class PruneConfig(ConfigMixin):
     data_dir: str | None = None
     """Folder of the public data files (else $HEADGAME_DATA_DIR)."""
     gsm8k_format: str = "qa"
-    """GSM8K text format: qa, answer or question (spec §2)."""
+    """GSM8K text format: qa, answer or question (docs/formulas.md#perplexity)."""
     score_tokens: int = 16384
     """Token budget of the GT-FEP analysis behind the information criteria."""
     loss_tokens: int = 512
@@ -53,7 +53,7 @@ class PruneConfig(ConfigMixin):
     miller_madow: bool = False
     """Miller–Madow correction of the entropies."""
     ppl_sets: str = "gsm8k,wikitext2"
-    """Perplexity sets: gsm8k (test, spec §2 format) and/or wikitext2 (raw test), from the data directory."""
+    """Perplexity sets: gsm8k (test, docs/formulas.md#perplexity format) and/or wikitext2 (raw test), from the data directory."""
     gsm8k_file: str | None = None
     """GSM8K JSONL to score instead of DATA_DIR/gsm8k/test.jsonl."""
     wikitext_file: str | None = None
@@ -90,7 +90,7 @@ class PruneConfig(ConfigMixin):
     """Save the pruned model of the primary criterion to OUT/model (safetensors + record)."""
     out: str = "prune-out"
     """Output folder."""
-    seed: int = 0
+    seed: int = 42
     """Seed of sampling, random pruning (seeds seed..seed+random_seeds−1) and timing batches."""
     dtype: str = "float32"
     """Model dtype (perplexity, FLOPs and timing)."""
@@ -101,7 +101,7 @@ class PruneConfig(ConfigMixin):
 
     def __post_init__(self) -> None:
         from headgame.prune.criteria import get_criterion, parse_criteria
-        from headgame.prune.select import check_fraction
+        from headgame.measure.select import check_fraction
 
         check_fraction(self.fraction)
         get_criterion(self.criterion)
@@ -134,8 +134,7 @@ class PruneConfig(ConfigMixin):
             raise HeadgameError(f"--alphabet {self.alphabet} is not known; use absolute or relative")
         if self.gsm8k_format not in ("qa", "answer", "question"):
             raise HeadgameError(f"--gsm8k-format {self.gsm8k_format} is not known; use qa, answer or question")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise HeadgameError(f"--dtype {self.dtype} is not supported; use float32, bfloat16 or float16")
+        check_dtype(self.dtype)
 
     @property
     def ppl_set_list(self) -> list[str]:

@@ -1,4 +1,4 @@
-"""The one registry of head-scoring criteria (spec gt-fep §3.7–§3.8, §4.5).
+"""The one registry of head-scoring criteria (GT-FEP scores and their baselines).
 
 Each :class:`Criterion` maps a :class:`ScoreContext` to an [L, H] array and says which end is
 pruned first. Information criteria share one GT-FEP analysis (computed once, lazily); the
@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from headgame.errors import HeadgameError
+from headgame.registry import Registry
 
 
 @dataclass
@@ -76,23 +77,19 @@ class Criterion:
         return np.asarray(scores, float) if self.prune == "lowest" else -np.asarray(scores, float)
 
 
-CRITERIA: dict[str, Criterion] = {}
+CRITERIA: Registry[Criterion] = Registry("criterion", "--criterion")
 
 
 def register(criterion: Criterion) -> Criterion:
-    if criterion.name in CRITERIA:
-        raise ValueError(f"criterion '{criterion.name}' is already registered")
+    """Add ``criterion`` to :data:`CRITERIA` under its name (a name is registered once)."""
     if criterion.prune not in ("lowest", "highest"):
         raise ValueError(f"criterion '{criterion.name}': prune must be 'lowest' or 'highest'")
-    CRITERIA[criterion.name] = criterion
-    return criterion
+    return CRITERIA.add(criterion.name, criterion)
 
 
 def get_criterion(name: str) -> Criterion:
-    try:
-        return CRITERIA[name]
-    except KeyError:
-        raise HeadgameError(f"unknown criterion '{name}'; choose one of {', '.join(CRITERIA)}") from None
+    """The criterion named ``name``; an unknown name gets the closest valid names."""
+    return CRITERIA.get(name)
 
 
 def parse_criteria(spec: str) -> list[str]:
@@ -123,7 +120,7 @@ def _info_score(key: str) -> Callable[[ScoreContext], np.ndarray]:
 
 def _ablation(ctx: ScoreContext) -> np.ndarray:
     if "ablation" not in ctx.cache:
-        from headgame.prune.importance import ablation_delta_nll
+        from headgame.measure.importance import ablation_delta_nll
 
         seqs = ctx.need("ablation", ctx.loss_seqs)
         ctx.cache["ablation"], ctx.cache["ablation_base_nll"] = ablation_delta_nll(
@@ -132,7 +129,7 @@ def _ablation(ctx: ScoreContext) -> np.ndarray:
 
 
 def _michel(ctx: ScoreContext) -> np.ndarray:
-    from headgame.prune.importance import michel_importance
+    from headgame.measure.importance import michel_importance
 
     seqs = ctx.need("michel", ctx.loss_seqs)
     return michel_importance(ctx.model, ctx.layout, ctx.tokenizer, seqs, batch_size=ctx.batch_size, seed=ctx.seed,
@@ -140,7 +137,7 @@ def _michel(ctx: ScoreContext) -> np.ndarray:
 
 
 def _attention_entropy(ctx: ScoreContext) -> np.ndarray:
-    from headgame.prune.importance import attention_entropy
+    from headgame.measure.importance import attention_entropy
 
     seqs = ctx.need("attention-entropy", ctx.loss_seqs if ctx.loss_seqs is not None else ctx.score_seqs)
     return attention_entropy(ctx.model, ctx.layout, seqs, batch_size=max(1, ctx.batch_size // 2),
@@ -153,7 +150,7 @@ def _random(ctx: ScoreContext) -> np.ndarray:
 
 def _coupling(ctx: ScoreContext) -> np.ndarray:
     from headgame.io import read_analysis
-    from headgame.prune.importance import compute_coupling, coupling_row_mass
+    from headgame.prune.coupling import compute_coupling, coupling_row_mass
 
     if ctx.analysis_path:
         analysis = read_analysis(ctx.analysis_path)
@@ -163,7 +160,7 @@ def _coupling(ctx: ScoreContext) -> np.ndarray:
     return coupling_row_mass(analysis, ctx.layout)
 
 
-register(Criterion("fep", "GT-FEP order-3 marginal contribution m_i (spec §3.7), the primary", "information", "lowest", _info_score("fep"), "bits"))
+register(Criterion("fep", "GT-FEP order-3 marginal contribution m_i, the primary", "information", "lowest", _info_score("fep"), "bits"))
 register(Criterion("fep-exact", "H(X_N) − H(X_{N∖i}), exact conditional entropy (saturates)", "information", "lowest", _info_score("fep-exact"), "bits"))
 register(Criterion("shapley", "order-3 Shapley value of the entropy game", "information", "lowest", _info_score("shapley"), "bits"))
 register(Criterion("gibbs", "inclusion probability under P_β(S) ∝ exp(−βF(S)) (§3.6)", "information", "lowest", _info_score("gibbs"), "probability"))

@@ -28,6 +28,32 @@ COLUMNS = [
 ]
 
 
+def flat_metrics(res: dict[str, Any]) -> dict[str, float | None]:
+    """The headline numbers of one variant, for tables and the random mean ± sd."""
+    out: dict[str, float | None] = {
+        "n_pruned": res.get("n_pruned"),
+        "kv_heads_removed": res.get("kv_heads_removed"),
+        "flops_reduction_analytic": res["flops"]["analytic"]["reduction_total"],
+        "attention_flops_reduction_analytic": res["flops"]["analytic"]["reduction_attention"],
+        "flops_reduction_measured": res["flops"]["measured"]["reduction_total"],
+        "attention_flops_reduction_measured": res["flops"]["measured"]["reduction_attention"],
+    }
+    fw = res.get("throughput", {}).get("forward")
+    if fw:
+        out.update({"tokens_per_s": fw["tokens_per_s"], "measured_speedup": fw["measured_speedup"],
+                    "flop_implied_speedup": fw["flop_implied_speedup"], "throughput_gain": fw["gain"]})
+    gen = res.get("throughput", {}).get("generation")
+    if gen:
+        out.update({"gen_tokens_per_s": gen["tokens_per_s"], "gen_speedup": gen["measured_speedup"]})
+    for name, p in res.get("perplexity", {}).items():
+        if p.get("available"):
+            out[f"ppl_{name}"] = p["ppl"]
+            out[f"ppl_{name}_change"] = p.get("change_rel")
+    if res.get("epsilon_nash"):
+        out["epsilon_bits"] = res["epsilon_nash"]["epsilon_bits"]
+    return out
+
+
 def _fmt(v: Any, kind: str) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "–"
@@ -54,8 +80,6 @@ def _cell(values: Mapping[str, Any], key: str, kind: str) -> str:
 def compact(result: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     """A table that fits an 80-column terminal: pruned heads, FLOP cut, speed-up (measured /
     FLOP-implied) and each perplexity with its change; random shows its mean over seeds."""
-    from headgame.prune.run import flat_metrics
-
     sets = [s["name"] for s in result.get("data", {}).get("perplexity_sets", [])]
     header = ["model", "heads", "FLOPs−%", "speed-up"] + [f"{s} ppl" for s in sets]
 
@@ -81,8 +105,6 @@ def compact(result: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 def table(result: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the comparison table."""
-    from headgame.prune.run import flat_metrics
-
     sets = [s["name"] for s in result.get("data", {}).get("perplexity_sets", [])]
     cols = list(COLUMNS) + [(f"{s} ppl", f"ppl_{s}", "f2") for s in sets] + [(f"{s} ppl Δ%", f"ppl_{s}_change", "pct") for s in sets]
     cols.append(("ε (bits)", "epsilon_bits", "f3"))

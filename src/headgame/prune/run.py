@@ -1,7 +1,7 @@
-"""``headgame prune``: rank heads, prune them physically, measure before and after (spec gt-fep §4–§5).
+"""``headgame prune``: rank heads, prune them physically, measure before and after.
 
 Pipeline: load → perplexity sets (GSM8K, WikiText-2) → scoring text → head scores per criterion
-(:mod:`headgame.prune.criteria`) → selection (:mod:`headgame.prune.select`) → pruned copies
+(:mod:`headgame.prune.criteria`) → selection (:mod:`headgame.measure.select`) → pruned copies
 that share every non-attention weight with the base model (:func:`surgery.pruned_copy`) →
 perplexity, analytic and measured FLOPs, interleaved forward and generation throughput →
 ``pruning.json``, ``pruning_table.md``/``.csv``, ``head_scores.csv``, ``config.yaml`` and the
@@ -21,10 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from headgame import __version__
+from headgame.version import __version__
 from headgame.errors import HeadgameError
 from headgame.prune.config import PruneConfig
 from headgame.prune.criteria import Criterion, ScoreContext, get_criterion
+from headgame.prune.report import flat_metrics, write_prune_outputs
 from headgame.system import cpu_name
 
 
@@ -48,8 +49,9 @@ def device_info(dtype: str) -> dict[str, Any]:
 
 def build_evalsets(cfg: PruneConfig, tokenizer: Any, layout: Any, notes: dict[str, str]) -> list:
     """The perplexity sets asked for; a default set whose file is absent is skipped with a note."""
-    from headgame.fep.texts import GSM8K_TEST, WIKITEXT_TEST, data_file
-    from headgame.prune.perplexity import gsm8k_set, wikitext_set
+    from headgame.data.datadir import data_file
+    from headgame.data.texts import GSM8K_TEST, WIKITEXT_TEST
+    from headgame.measure.perplexity import gsm8k_set, wikitext_set
 
     budget = cfg.ppl_max_tokens or None
     sets = []
@@ -82,32 +84,6 @@ def _mean_sd(values: list[float | None]) -> dict[str, float | None]:
     return {"mean": statistics.fmean(v), "sd": statistics.stdev(v) if len(v) > 1 else None, "n": len(v)}
 
 
-def flat_metrics(res: dict[str, Any]) -> dict[str, float | None]:
-    """The headline numbers of one variant, for tables and the random mean ± sd."""
-    out: dict[str, float | None] = {
-        "n_pruned": res.get("n_pruned"),
-        "kv_heads_removed": res.get("kv_heads_removed"),
-        "flops_reduction_analytic": res["flops"]["analytic"]["reduction_total"],
-        "attention_flops_reduction_analytic": res["flops"]["analytic"]["reduction_attention"],
-        "flops_reduction_measured": res["flops"]["measured"]["reduction_total"],
-        "attention_flops_reduction_measured": res["flops"]["measured"]["reduction_attention"],
-    }
-    fw = res.get("throughput", {}).get("forward")
-    if fw:
-        out.update({"tokens_per_s": fw["tokens_per_s"], "measured_speedup": fw["measured_speedup"],
-                    "flop_implied_speedup": fw["flop_implied_speedup"], "throughput_gain": fw["gain"]})
-    gen = res.get("throughput", {}).get("generation")
-    if gen:
-        out.update({"gen_tokens_per_s": gen["tokens_per_s"], "gen_speedup": gen["measured_speedup"]})
-    for name, p in res.get("perplexity", {}).items():
-        if p.get("available"):
-            out[f"ppl_{name}"] = p["ppl"]
-            out[f"ppl_{name}_change"] = p.get("change_rel")
-    if res.get("epsilon_nash"):
-        out["epsilon_bits"] = res["epsilon_nash"]["epsilon_bits"]
-    return out
-
-
 def fit_positions(cfg: PruneConfig, max_positions: int | None, notes: dict[str, str]) -> PruneConfig:
     """Lengths beyond the model's position limit are lowered to it (recorded in the notes)."""
     import dataclasses
@@ -130,15 +106,15 @@ def run_prune(cfg: PruneConfig, *, progress: bool = True, console: Any = None) -
     """Run ``headgame prune`` end to end; returns the dict written to ``pruning.json``."""
     from headgame.runs import check_writable
     from headgame.system import package_versions
-    from headgame.fep.info import InfoOptions
-    from headgame.fep.run import analyse_symbols, load_sequences, resolve_source
-    from headgame.fep.scores import epsilon_nash, spearman
-    from headgame.fep.symbols import collect_symbols
+    from headgame.data.texts import load_sequences, resolve_source
+    from headgame.fep.run import analyse_symbols
+    from headgame.info.analysis import InfoOptions
+    from headgame.info.scores import epsilon_nash, spearman
+    from headgame.measure.perplexity import perplexity
+    from headgame.measure.select import budget, select_heads
+    from headgame.measure.symbols import collect_symbols
     from headgame.models.surgery import load_any, pruned_copy, save_pruned
     from headgame.prune import cost
-    from headgame.prune.perplexity import perplexity
-    from headgame.prune.report import write_prune_outputs
-    from headgame.prune.select import budget, select_heads
 
     out = Path(cfg.out)
     check_writable(out)
@@ -236,7 +212,7 @@ def run_prune(cfg: PruneConfig, *, progress: bool = True, console: Any = None) -
         gen = None
         if cfg.generation and layout.causal:
             step("generation throughput", 0, 1)
-            # secondary metric (spec §5): the primary criterion and random's first seed only, to bound the time
+            # a secondary metric: the primary criterion and random's first seed only, to bound the time
             gen_models = {k: m for k, m in timed_models.items() if k in ("base", crits[0].name, f"random#{cfg.seed}")}
             gen = cost.generation_throughput(gen_models, tok, prompt_len=cfg.gen_prompt, new_tokens=cfg.gen_new_tokens,
                                              repeats=cfg.gen_repeats, vocab_size=vocab, seed=cfg.seed)
@@ -289,7 +265,7 @@ def run_prune(cfg: PruneConfig, *, progress: bool = True, console: Any = None) -
             "heads_per_layer": v.record.heads_per_layer(),
             "kv_heads_per_layer": [len(v.record.kept_kv(l)) for l in range(layout.n_layers)],
             "kv_heads_removed": sum(layout.n_kv_heads - len(v.record.kept_kv(l)) for l in range(layout.n_layers))
-            if layout.family == "llama" else None,
+            if layout.family_def.grouped_kv else None,
         })
         nash = epsilon_nash(fep_m, v.removed, h1).to_dict() if fep_m is not None else None
         if ablation is not None and v.criterion.name != "ablation":
@@ -352,10 +328,10 @@ def run_prune(cfg: PruneConfig, *, progress: bool = True, console: Any = None) -
             "generation": notes.get("generation", f"greedy, 1 x {cfg.gen_prompt} prompt, {cfg.gen_new_tokens} new tokens, "
                                     f"{cfg.gen_repeats} timed rounds after 1 warm-up, paired with base like the forward pass; "
                                     "timed for the primary criterion and random's first seed"),
-            "fep_score": "m_i^(≤3) truncates H(X_i | rest) at order 3 (spec §3.7); where a layer's pair and triple dividends are "
+            "fep_score": "m_i^(≤3) truncates H(X_i | rest) at order 3 (docs/formulas.md); where a layer's pair and triple dividends are "
                          "large the truncation leaves [0, H_i] (it can be negative or exceed H_i), so ε and global rankings "
                          "across layers inherit that error; fep-exact is bounded but saturates",
-            "perplexity": "exp(mean token NLL); GSM8K texts scored one by one (spec §2 format), WikiText-2 in non-overlapping "
+            "perplexity": "exp(mean token NLL); GSM8K texts (\"Question: …\\nAnswer: …\") scored one by one, WikiText-2 in non-overlapping "
                           "windows; one-shot pruning, no fine-tuning",
         },
     }

@@ -1,5 +1,5 @@
 """The registered benchmarks, one small module each; importing this package registers them in
-the order of the paper's table (spec game-lora §6.2), then the pruning work's GSM8K perplexity."""
+the order of the paper's table (docs/formulas.md#benchmarks), then the pruning work's GSM8K perplexity."""
 
 from __future__ import annotations
 

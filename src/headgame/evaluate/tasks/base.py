@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from headgame.evaluate.data import Found, iter_jsonl, locate, require
+from headgame.data.benchmarks import Found, iter_jsonl, locate, require
 from headgame.registry import Registry
 
 
@@ -29,6 +29,8 @@ class TaskOptions:
     seed: int = 42
     mmlu_shots: int = 5
     truthfulqa_version: str = "v0"
+    truthfulqa_mc2_rule: str = "lm-eval"
+    """Which MC2 answers are true: "lm-eval" (those before the first false one) or "labels"."""
     max_new_tokens: int | None = None
     """Override of each generation task's token budget (None: the task's own)."""
 
@@ -38,7 +40,7 @@ class Task:
 
     name: ClassVar[str]
     label: ClassVar[str]  # the column of the paper's table
-    group: ClassVar[str]  # "halluc", "knowledge" or "extra" (spec game-lora §6.3)
+    group: ClassVar[str]  # "halluc", "knowledge" or "extra" (docs/formulas.md#aggregates)
     kind: ClassVar[str]  # "loglikelihood", "rolling" or "generate"
     metric: ClassVar[str]
     higher_is_better: ClassVar[bool] = True

@@ -1,4 +1,4 @@
-"""GSM8K-text perplexity, the quality measure of the pruning work (spec gt-fep §2, §5).
+"""GSM8K-text perplexity, the quality measure of the pruning work (docs/formulas.md#gsm8k-perplexity).
 
 Each test problem is the text ``"Question: {question}\nAnswer: {answer}"`` (format ``qa``;
 the calibration formats ``answer`` and ``question`` of gt-fep §2 are options of the class),
@@ -10,7 +10,7 @@ of the Halluc/Knowledge aggregates.
 from __future__ import annotations
 from typing import Any
 
-from headgame.evaluate.data import FromDataDir, FromHub
+from headgame.data.benchmarks import FromDataDir, FromHub
 from headgame.evaluate.requests import RollingRequest
 from headgame.evaluate.tasks.base import TASKS, Task
 

@@ -7,7 +7,7 @@ balanced and fixed. The prompt is a judge instruction with two worked examples (
 ``#Dialogue History#`` / ``#Response#`` (dialogue) or ``#Document#`` / ``#Summary#``
 (summarisation), and ``#Your Judgement#:``. Greedy generation stops at "\n" or ".".
 
-Accuracy (spec game-lora §6.2): right only when the output contains exactly one of "Yes" and
+Accuracy (docs/formulas.md#halueval-judge): right only when the output contains exactly one of "Yes" and
 "No" and it is the gold one ("Yes" = hallucinated). The instruction wording is our own
 re-creation of the HaluEval judge prompt (the authors' YAML is not vendored).
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 from typing import Any, ClassVar
 
-from headgame.evaluate.data import FromDataDir, FromHub, FromPackage, iter_jsonl, require
+from headgame.data.benchmarks import FromDataDir, FromHub, FromPackage, iter_jsonl, require
 from headgame.evaluate.requests import GenerateRequest
 from headgame.evaluate.tasks.base import TASKS, Task
 

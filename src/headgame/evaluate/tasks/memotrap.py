@@ -5,7 +5,7 @@ ending, history-of-science QA; 2,539 items) are read in that order and sampled t
 prompt is a context and each of its ``classes`` a continuation joined with the empty target
 delimiter (v2); accuracy of the highest log-likelihood class.
 
-CAD's evidence span (spec game-lora §7) is the instruction that sets up the trap: everything up
+CAD's evidence span (docs/formulas.md#cad) is the instruction that sets up the trap: everything up
 to the ``": "`` after the quoted word (files 1 and 3), up to and including ``"to:\n"`` (file 2),
 or the first line (file 4); the rest of the prompt is the query.
 """
@@ -15,8 +15,8 @@ from __future__ import annotations
 import ast
 from typing import Any
 
+from headgame.data.benchmarks import FromDataDir, FromHub, read_csv
 from headgame.errors import HeadgameError
-from headgame.evaluate.data import FromDataDir, FromHub, read_csv
 from headgame.evaluate.requests import LoglikelihoodRequest
 from headgame.evaluate.tasks.base import TASKS, Task, mc_record
 

@@ -1,8 +1,7 @@
 """MMLU (Hendrycks et al. 2021): 57 subjects, log-likelihood of " A" … " D".
 
 The prompt is lm-eval's ``mmlu`` one: "The following are multiple choice questions (with
-answers) about {subject}.\n\n", then the first ``--mmlu-shots`` (default 5, spec game-lora §12
-#12) questions of the subject's dev split with their answers, then the question. The score is
+answers) about {subject}.\n\n", then the first ``--mmlu-shots`` (default 5, docs/formulas.md#benchmarks) questions of the subject's dev split with their answers, then the question. The score is
 the accuracy over all sampled test questions pooled across subjects (lm-eval's size-weighted
 group mean).
 
@@ -20,8 +19,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from headgame.data.benchmarks import FromDataDir, FromHub, FromPackage, iter_jsonl, read_text
 from headgame.errors import HeadgameError
-from headgame.evaluate.data import FromDataDir, FromHub, FromPackage, iter_jsonl, read_text
 from headgame.evaluate.requests import LoglikelihoodRequest
 from headgame.evaluate.tasks.base import TASKS, Task, mc_record
 

@@ -1,6 +1,6 @@
 """Closed-book open-domain QA: NQ-open (``nq8``) and PopQA, 8-shot greedy generation, exact match.
 
-Prompt (lm-eval ``nq_open`` with 8 shots, spec game-lora §6.2): ``"Answer these questions:\n\n"``,
+Prompt (lm-eval ``nq_open`` with 8 shots, docs/formulas.md#exact-match): ``"Answer these questions:\n\n"``,
 eight solved examples ``"Q: {question}?\nA: {answer}\n"``, then ``"Q: {question}?\nA:"``;
 generation stops at ``"\n"``, ``"."`` or ``","``. A prediction is right when, after dropping
 articles, case and punctuation (lm-eval's normalisation), it equals one of the gold answers.
@@ -18,8 +18,8 @@ import json
 import random
 from typing import Any
 
+from headgame.data.benchmarks import FromDataDir, FromHub, FromPackage, iter_jsonl, read_json, require
 from headgame.errors import HeadgameError
-from headgame.evaluate.data import FromDataDir, FromHub, FromPackage, iter_jsonl, read_json, require
 from headgame.evaluate.requests import GenerateRequest
 from headgame.evaluate.tasks.base import TASKS, Task, exact_match
 

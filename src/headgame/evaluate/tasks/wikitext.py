@@ -18,8 +18,8 @@ import math
 import re
 from typing import Any
 
+from headgame.data.benchmarks import FromDataDir, FromHub, read_text
 from headgame.errors import HeadgameError
-from headgame.evaluate.data import FromDataDir, FromHub, read_text
 from headgame.evaluate.requests import RollingRequest
 from headgame.evaluate.tasks.base import TASKS, Task
 

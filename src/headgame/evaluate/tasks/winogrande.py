@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from headgame.data.benchmarks import FromDataDir, FromHub
 from headgame.errors import HeadgameError
-from headgame.evaluate.data import FromDataDir, FromHub
 from headgame.evaluate.requests import LoglikelihoodRequest
 from headgame.evaluate.tasks.base import TASKS, Task, mc_record
 

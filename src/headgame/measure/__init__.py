@@ -1,0 +1,16 @@
+"""Measurements that run a model on its heads and that several commands share.
+
+``fep`` and ``prune`` both import from here, never from each other's internals:
+
+* :mod:`~headgame.measure.symbols`: each head's argmax key index per query position (the
+  discretised outputs of GT-FEP), through HeadTap;
+* :mod:`~headgame.measure.importance`: ablation ΔNLL, Michel et al. gradient importance and
+  attention entropy per head;
+* :mod:`~headgame.measure.select`: a pruning budget (share of heads, global or per layer) →
+  the heads to prune;
+* :mod:`~headgame.measure.perplexity`: perplexity sets (GSM8K, WikiText-2) and (pseudo-)
+  perplexity of a model.
+
+Layering: commands (fep, prune, …) → measure → models, data, info. Submodules are imported
+on use.
+"""
