@@ -6,10 +6,9 @@ import math
 
 import numpy as np
 import pytest
-from scipy import stats as sps
 
 from headgame.evaluate.compare import compare, to_html, to_markdown
-from headgame.evaluate.stats import mcnemar, paired_bootstrap, ratio_score, relative_delta, stderr
+from headgame.evaluate.stats import mcnemar, relative_delta, stderr
 
 
 def test_stderr_of_a_mean_and_of_a_ratio():
@@ -30,22 +29,8 @@ def test_mcnemar_exact_on_discordant_pairs():
     base = [1] * 10 + [0] * 10 + [1] * 2 + [0] * 8
     meth = [1] * 10 + [0] * 10 + [0] * 2 + [1] * 8
     res = mcnemar(base, meth)
-    assert (res["b"], res["c"]) == (2, 8)
-    assert res["p"] == pytest.approx(sps.binomtest(2, 10, 0.5).pvalue)
+    assert (res["b"], res["c"]) == (2, 8)  # p against the exact binomial sum: test_eval_stats_exact.py
     assert mcnemar([1, 0, 1], [1, 0, 1])["p"] == 1.0
-
-
-def test_paired_bootstrap_detects_a_shift_and_not_noise():
-    rng = np.random.default_rng(1)
-    base = rng.normal(0.5, 0.1, 200)
-    shifted = base + 0.05 + rng.normal(0, 0.01, 200)
-    ones = np.ones(200)
-    res = paired_bootstrap(base, ones, shifted, ones, resamples=2000)
-    assert res["p"] < 0.01 and res["delta"] == pytest.approx(np.mean(shifted - base))
-    same = paired_bootstrap(base, ones, base + rng.normal(0, 0.01, 200), ones, resamples=2000)
-    assert same["p"] > 0.05
-    ppl = paired_bootstrap([10.0, 12.0, 11.0], [5, 6, 5], [11.0, 13.0, 12.0], [5, 6, 5], "exp", resamples=500)
-    assert ppl["delta"] == pytest.approx(ratio_score([11, 13, 12], [5, 6, 5], "exp") - ratio_score([10, 12, 11], [5, 6, 5], "exp"))
 
 
 def _run(scores: dict[str, tuple[float, list[float], bool, bool, str]]) -> dict:

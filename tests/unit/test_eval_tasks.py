@@ -66,7 +66,9 @@ def test_truthfulqa_prompts_and_mc2():
     t2 = TASKS.get("truthfulqa_mc2")(opts())
     doc2 = t2.docs()[2]  # labels 1, 0, 1, 0: a true answer after a false one
     rec = t2.process(doc2, lls(math.log(0.4), math.log(0.3), math.log(0.2), math.log(0.1)))
-    assert rec["num"] == pytest.approx(0.6)
+    assert rec["num"] == pytest.approx(0.4)  # lm-eval's rule: only the answer before the first 0
+    by_labels = TASKS.get("truthfulqa_mc2")(opts(truthfulqa_mc2_rule="labels"))
+    assert by_labels.process(doc2, lls(math.log(0.4), math.log(0.3), math.log(0.2), math.log(0.1)))["num"] == pytest.approx(0.6)
 
 
 def test_mmlu_five_shot_prompt_and_zero_shot_option():

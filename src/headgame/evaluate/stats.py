@@ -1,4 +1,4 @@
-"""Standard errors, relative changes and paired significance tests (spec game-lora §6.3). Pure.
+"""Standard errors, relative changes and paired significance tests (docs/formulas.md#mcnemar). Pure.
 
 Per-item records carry ``num`` and ``den`` and a task score is ``f(Σ num / Σ den)`` with ``f``
 the identity or ``exp`` (perplexity), so one resampling routine serves accuracies, the MC2
@@ -14,6 +14,10 @@ import numpy as np
 from scipy import stats as sps
 
 BOOTSTRAP_RESAMPLES = 10_000
+# Two scores closer than this, relative to the scores' magnitude, are equal: a float64 sum of n
+# items carries a relative rounding error of up to about n·2⁻⁵³ (1e-10 for a million items), so
+# smaller differences are arithmetic, not evidence for either model.
+TIE_RTOL = 1e-9
 
 
 def _apply(values: np.ndarray, transform: str) -> np.ndarray:
@@ -68,7 +72,8 @@ def paired_bootstrap(base_num: Sequence[float], base_den: Sequence[float], metho
                      method_den: Sequence[float], transform: str = "identity", *,
                      resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
     """Two-sided paired bootstrap of Δ = score(method) − score(base): items are resampled
-    jointly; p = 2·min(P(Δ* ≤ 0), P(Δ* ≥ 0)), capped at 1 (the percentile-interval test)."""
+    jointly; p = 2·min(P(Δ* ≤ 0), P(Δ* ≥ 0)), capped at 1 (the percentile-interval test).
+    A resampled Δ* within ``TIE_RTOL`` of the scores' magnitude counts as 0 (a tie, on both sides)."""
     bn, bd = np.asarray(base_num, float), np.asarray(base_den, float)
     mn, md = np.asarray(method_num, float), np.asarray(method_den, float)
     n = len(bn)
@@ -77,14 +82,18 @@ def paired_bootstrap(base_num: Sequence[float], base_den: Sequence[float], metho
         return {"test": "paired_bootstrap", "resamples": 0, "delta": observed, "p": math.nan}
     rng = np.random.default_rng(seed)
     deltas = np.empty(resamples)
+    scale = max((abs(v) for v in (ratio_score(mn, md, transform), ratio_score(bn, bd, transform)) if math.isfinite(v)), default=0.0)
     step = max(1, 2_000_000 // max(n, 1))  # bound the index matrix to ~16 MB
     for s in range(0, resamples, step):
         idx = rng.integers(0, n, size=(min(step, resamples - s), n))
-        deltas[s: s + len(idx)] = resampled_scores(mn, md, idx, transform) - resampled_scores(bn, bd, idx, transform)
+        ms, bs = resampled_scores(mn, md, idx, transform), resampled_scores(bn, bd, idx, transform)
+        deltas[s: s + len(idx)] = ms - bs
+        both = np.abs(np.concatenate([ms, bs]))
+        both = both[np.isfinite(both)]
+        if len(both):
+            scale = max(scale, float(both.max()))
     deltas = deltas[np.isfinite(deltas)]
-    if observed == 0 and np.all(deltas == 0):
-        p = 1.0
-    else:
-        p = min(1.0, 2.0 * min(float(np.mean(deltas <= 0)), float(np.mean(deltas >= 0))))
+    tol = TIE_RTOL * scale
+    p = min(1.0, 2.0 * min(float(np.mean(deltas <= tol)), float(np.mean(deltas >= -tol)))) if len(deltas) else math.nan
     lo, hi = np.percentile(deltas, [2.5, 97.5]) if len(deltas) else (math.nan, math.nan)
     return {"test": "paired_bootstrap", "resamples": resamples, "delta": observed, "ci95": [float(lo), float(hi)], "p": p}
