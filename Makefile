@@ -1,6 +1,6 @@
 # headgame: two quick-start targets, each doing all of its own set-up on a fresh machine.
 #   make demo   analyze the embedded default model (SmolLM2-135M) on the packaged corpus
-#   make test   run the whole test suite
+#   make test   check the import layering (lint-imports), then run the whole test suite
 # A second run is fast: the virtualenv is reused while pyproject.toml and this file are unchanged,
 # and the de-quantised model is cached under ~/.cache/headgame (or $HEADGAME_CACHE).
 
@@ -35,6 +35,7 @@ demo: $(STAMP)
 		--seq-len 256 --batch-size 4 --out $(DEMO_OUT)
 
 test: $(STAMP)
+	$(BIN)/lint-imports
 	$(RUN)$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

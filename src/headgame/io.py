@@ -123,7 +123,7 @@ class AtomicDir:
 # A resumable run's state (accumulators, optimizer moments, RNG states, counters) is a nest of
 # dicts, lists, numbers, strings and tensors. It is stored as ONE safetensors file: the tensors
 # as its tensors, everything else as JSON in its metadata, tensors replaced by {"__tensor__": key}.
-# Loading it runs no code, unlike torch.load(weights_only=False) on a pickle, so a crafted run
+# Loading it runs no code, unlike unpickling a torch.save file, so a crafted run
 # folder cannot execute anything on --resume.
 
 _TENSOR, _ITEMS, _TUPLE = "__tensor__", "__items__", "__tuple__"
@@ -192,4 +192,8 @@ def load_state(path: str | os.PathLike) -> Any:
                             "start the run over without --resume") from None
     if meta is None:
         raise HeadgameError(f"{path} is not a headgame run state (no state metadata); start the run over without --resume")
-    return _decode_state(json.loads(meta), tensors)
+    try:
+        return _decode_state(json.loads(meta), tensors)
+    except (ValueError, KeyError, TypeError) as exc:  # damaged or hand-made metadata
+        raise HeadgameError(f"{path} holds a damaged run state ({type(exc).__name__}: {str(exc)[:80]}); "
+                            "start the run over without --resume") from None

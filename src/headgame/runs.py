@@ -3,12 +3,16 @@ and the identity check behind ``--resume``.
 
 A command's runner calls these in the same order: :func:`check_writable` before any model is
 loaded, :func:`progress_bar` around its loop, :func:`check_identity` when resuming, and
-:func:`provenance` at the head of the result JSON.
+:func:`provenance` at the head of the result JSON. :class:`CommandModule` makes each command
+package callable, the public Python API (:mod:`headgame.api`).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import sys
+import types
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +34,7 @@ def check_writable(out: str | Path) -> Path:
 
 def provenance(cfg: Any) -> dict[str, Any]:
     """The header of every result JSON: version, UTC time, the config and the package versions."""
-    from headgame import __version__
+    from headgame.version import __version__
     from headgame.system import package_versions
 
     return {
@@ -75,3 +79,48 @@ def check_identity(saved: dict[str, Any], current: dict[str, Any], *, where: str
             f"cannot resume {where}: the run was made with different settings: {', '.join(shown)}; "
             "rerun with the same settings, or drop --resume to start over"
         )
+
+
+# --- the public Python API: every command package is callable ---------------------------------
+
+
+@dataclass
+class Result:
+    """What a command returns to Python: its config, its result dict (as written to JSON) and
+    the folder holding its artefacts."""
+
+    command: str
+    config: Any
+    data: dict[str, Any]
+
+    @property
+    def out(self) -> Path:
+        return Path(self.config.out)
+
+    @property
+    def summary(self) -> Any:
+        return self.data.get("summary")
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    def __repr__(self) -> str:
+        return f"Result(command={self.command!r}, out={str(self.out)!r}, keys={sorted(self.data)[:8]})"
+
+
+class CommandModule(types.ModuleType):
+    """Module type of a command package (``headgame.analyze`` …): calling the package runs the
+    command, so ``headgame.analyze(model="tiny-llama", out="A")`` and ``import headgame.analyze``
+    name the same thing. The runner is looked up in :mod:`headgame.api` on call, which keeps the
+    package import free of torch."""
+
+    def __call__(self, config: Any = None, /, *, progress: bool = False, resume: Any = None, **fields: Any) -> Result:
+        import importlib
+
+        api = importlib.import_module("headgame.api")
+        return api.run_command(self.__name__.rsplit(".", 1)[-1], config, progress=progress, resume=resume, **fields)
+
+
+def make_callable(module_name: str) -> None:
+    """Turn the (already imported) package ``module_name`` into a :class:`CommandModule`."""
+    sys.modules[module_name].__class__ = CommandModule

@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
-from headgame import __version__
+from headgame.version import __version__
 
 
 def cpu_name() -> str:

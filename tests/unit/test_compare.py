@@ -20,7 +20,7 @@ def trained(tmp_path_factory):
     corpus = root / "c.txt"
     corpus.write_text(TEXT)
     cfg = TrainConfig(model="tiny-llama", data=str(corpus), max_tokens=2048, seq_len=32, batch_size=4, lr=5e-3,
-                      out=str(root / "run"), val_every=0, checkpoint_every=0, merge=True, schedule="constant")
+                      out=str(root / "run"), val_every=0, checkpoint_every=0, save_merged=True, schedule="constant")
     Trainer(cfg, progress=False).setup().fit()
     return root, corpus
 

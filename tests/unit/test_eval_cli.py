@@ -79,7 +79,7 @@ def test_adapter_unmerged_and_merged(tmp_path, capsys):
     torch.manual_seed(0)
     get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj", "o_proj"], init_lora_weights=False)).save_pretrained(tmp_path / "lora")
     scores = {}
-    for extra in ([], ["--merge"]):
+    for extra in ([], ["--merge-adapter"]):
         out = tmp_path / ("m" if extra else "u")
         code, _, err = run(eval_args(out, "--adapter", str(tmp_path / "lora"), *extra, tasks="truthfulqa_mc2,winogrande"), capsys)
         assert code == 0, err

@@ -86,7 +86,7 @@ def test_adapter_loads_with_peft_and_merge(tmp_path, corpus):
 
     from headgame.models.load import load_model
 
-    cfg = small(corpus, tmp_path / "o", method="ce", merge=True)
+    cfg = small(corpus, tmp_path / "o", method="ce", save_merged=True)
     Trainer(cfg, progress=False).setup().fit()
     base = load_model("tiny-llama").model
     peft_model = PeftModel.from_pretrained(base, str(tmp_path / "o" / "adapter")).eval()
@@ -174,8 +174,9 @@ def _args(corpus, out, *extra):
 
 
 @pytest.mark.parametrize("extra, needle", [
-    (["--method", "lora-plus"], "unknown method 'lora-plus'; choose one of ce, game-lora, disagreement"),
+    (["--method", "lora-plus"], "unknown training method 'lora-plus'; valid --method values: ce, game-lora, disagreement"),
     (["--method", "ce", "--no-ldb"], "--no-ldb only apply to --method game-lora"),
+    (["--disagreement-lambda", "2"], "--disagreement-lambda only apply to --method disagreement"),
     (["--no-ldb", "--no-abt"], "use --method ce"),
     (["--design-layers", "5"], "layer 5 is out of range"),
     (["--lambda-abt", "-0.1"], "--lambda-abt must be >= 0"),

@@ -17,8 +17,8 @@ from headgame.game.coupling import GradientGram, gamma, interaction_matrix, poa_
 from headgame.game.losses import log_det_barrier
 from headgame.game.redundancy import OutputMoments, cross_correlation, redundancy_stats
 from headgame.models.layout import HeadLayout
-from headgame.models.objective import Objective, activation_gradients
-from headgame.models.tap import HeadTap
+from headgame.models.objective import Objective
+from headgame.models.tap import HeadTap, activation_gradients
 
 
 class CouplingCollector:
@@ -110,7 +110,7 @@ class CouplingCollector:
 
 def analyse_layer(*, layer: int, w_o: torch.Tensor, gram: GradientGram, moments: OutputMoments | None, seed: int = 0) -> dict[str, Any]:
     """All per-layer statistics from ω's weights and the accumulated ρ / moments (pure)."""
-    omega = weight_coupling(w_o.double())  # spec game-lora §3.1
+    omega = weight_coupling(w_o.double())  # docs/formulas.md#omega
     rho = gram.rho()  # §3.2
     g = interaction_matrix(omega, rho)  # §3.3
     if not torch.isfinite(g).all():

@@ -1,6 +1,6 @@
 """``headgame analyze --compare BEFORE.json AFTER.json``: what training did to head coupling.
 
-Per layer ΔG and ΔΓ, and the selective-coordination test of spec game-lora §9.2: coalitions
+Per layer ΔG and ΔΓ, and the selective-coordination test of docs/formulas.md#selective-coordination: coalitions
 from the after-G, Δ|G| of within-coalition pairs against between-coalition pairs (one-sided
 Mann–Whitney, rank-biserial effect size). Writes compare.json, a ΔG heatmap and compare.html.
 """
@@ -31,7 +31,7 @@ def compare_analyses(before: dict[str, Any], after: dict[str, Any]) -> dict[str,
         gb, ga = np.array(b_layers[layer]["G"]), np.array(a_layers[layer]["G"])
         if gb.shape != ga.shape:
             raise HeadgameError(f"layer {layer} has G of shape {gb.shape} before and {ga.shape} after; compare analyses of the same architecture")
-        labels = a_layers[layer]["coalitions"]["labels"]  # spec §9.2: coalitions of the after-G
+        labels = a_layers[layer]["coalitions"]["labels"]  # docs/formulas.md#selective-coordination: coalitions of the after-G
         rows.append({
             "layer": layer,
             "delta_G": (ga - gb).tolist(),
@@ -92,7 +92,7 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px;te
 after: {html.escape(str(a.get('spec')))} ({html.escape(str(a.get('hash', ''))[:19])})</p>
 <p>Mean ΔΓ = {result['summary']['mean_delta_gamma']:+.4f}; Γ is lower after in
 {result['summary']['layers_gamma_lower_after']} of {result['summary']['n_layers']} layers.
-Selective coordination (spec §9.2): coalitions from the after-G; one-sided Mann–Whitney of Δ|G|
+Selective coordination (docs/formulas.md#selective-coordination): coalitions from the after-G; one-sided Mann–Whitney of Δ|G|
 between coalitions against within; r &gt; 0 means coupling fell more between coalitions.</p>
 <img alt="ΔG heatmaps" src="data:image/png;base64,{base64.b64encode(png).decode()}" style="max-width:100%">
 <table><tr><th>layer</th><th>Γ before</th><th>Γ after</th><th>ΔΓ</th><th>MW p</th><th>r</th></tr>

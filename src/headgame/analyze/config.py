@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from headgame.config import ConfigMixin, positive_int
+from headgame.config import ConfigMixin, check_dtype, positive_int
 from headgame.errors import HeadgameError
 
 
@@ -32,10 +32,10 @@ class AnalyzeConfig(ConfigMixin):
     out: str = "analysis-out"
     """Output folder (analysis.json, config.yaml, PNGs, report.html)."""
     redundancy: bool = True
-    """Also accumulate the z-scored head cross-correlations (spec game-lora §4.2)."""
+    """Also accumulate the z-scored head cross-correlations (docs/formulas.md#redundancy)."""
     heatmap_layers: str | None = None
     """Layers drawn as G heatmaps (default: first, last, middle, max-Γ and min-Γ layers)."""
-    seed: int = 0
+    seed: int = 42
     """Seed for masked-LM masking and coalition clustering."""
     dtype: str = "float32"
     """Model dtype: float32, bfloat16 or float16 (statistics always accumulate in float64)."""
@@ -58,7 +58,6 @@ class AnalyzeConfig(ConfigMixin):
             raise HeadgameError("--seq-len must be at least 2 (next-token prediction needs two tokens); pass e.g. --seq-len 256")
         if self.checkpoint_every < 0:
             raise HeadgameError(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}; use 0 to disable checkpoints")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise HeadgameError(f"--dtype {self.dtype} is not supported; use float32, bfloat16 or float16")
+        check_dtype(self.dtype)
 
     NOT_IDENTITY = frozenset({"out", "checkpoint_every", "extra", "heatmap_layers"})

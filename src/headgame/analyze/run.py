@@ -118,8 +118,8 @@ def run_analysis(
         "layers": layer_results,
         "summary": summarise(layer_results),
         "notes": {
-            "G": "G = omega ⊙ rho (spec game-lora §3.3); omega = cosine of W_O slices, rho = cosine of exact per-head CE gradients",
-            "poa_proxy": "1/(1 - c·Γ²) with c = 1/(H(H-1)): a proxy, not the paper's bound (spec §3.5)",
+            "G": "G = omega ⊙ rho (docs/formulas.md#G); omega = cosine of W_O slices, rho = cosine of exact per-head CE gradients",
+            "poa_proxy": "1/(1 - c·Γ²) with c = 1/(H(H-1)): a proxy, not the paper's bound (docs/formulas.md#poa-proxy)",
         },
     }
     write_json_atomic(out / "analysis.json", analysis)

@@ -1,5 +1,5 @@
 """Evaluation: the paper's benchmarks behind a narrow request interface, decoding baselines,
-per-item results and paired significance tests (spec game-lora §6, §7).
+per-item results and paired significance tests (docs/formulas.md#evaluation).
 
 Public API (imported lazily so ``import headgame.evaluate`` stays cheap)::
 
@@ -35,3 +35,7 @@ def __getattr__(name: str):
 
         return getattr(importlib.import_module(_WHERE[name]), name)
     raise AttributeError(f"module 'headgame.evaluate' has no attribute {name!r}")
+
+from headgame.runs import make_callable
+
+make_callable(__name__)  # headgame.evaluate(...) runs the command (headgame.api)

@@ -8,19 +8,19 @@ import os
 import sys
 from pathlib import Path
 
+from headgame.cliargs import add_config_flags, add_run_options, apply_threads, config_from_args
 from headgame.errors import HeadgameError
 from headgame.evaluate.config import EvalConfig
 
 USAGE = """examples:
   headgame eval --model smollm2-135m --tasks all --limit 50 --out E
-  headgame eval --model smollm2-135m --adapter runs/lora --merge --tasks truthfulqa_mc2,mmlu --out E2
+  headgame eval --model smollm2-135m --adapter runs/lora --merge-adapter --tasks truthfulqa_mc2,mmlu --out E2
   headgame eval --model smollm2-135m --decoding cad --tasks halueval_qa,memotrap --out E3
   headgame eval --compare E/eval.json E2/eval.json --out cmp
 """
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    d = EvalConfig()
     p = sub.add_parser(
         "eval",
         help="score a model (with an optional adapter or decoding baseline) on the paper's benchmarks",
@@ -33,33 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
         epilog=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", default=d.model, help=f"packaged name, .gguf file, model folder (also pruned), hub id or tiny-* (default {d.model})")
-    p.add_argument("--adapter", default=None, help="peft adapter folder to apply (unmerged unless --merge)")
-    p.add_argument("--merge", action="store_true", help="merge the adapter into the weights before evaluating")
-    p.add_argument("--tasks", default=d.tasks, help="comma-separated task names or 'all' (see --list-tasks)")
+    add_config_flags(p, EvalConfig)
     p.add_argument("--list-tasks", action="store_true", help="list the registered tasks and exit")
-    p.add_argument("--limit", type=int, default=None, help="at most this many items per task (default: N)")
-    p.add_argument("--n-items", type=int, default=d.n_items, help=f"items per task drawn with the seed (default {d.n_items})")
-    p.add_argument("--seed", type=int, default=d.seed, help=f"item-draw seed (default {d.seed})")
-    p.add_argument("--data-dir", default=None, help="folder of the public benchmark files (default $HEADGAME_DATA_DIR)")
-    p.add_argument("--decoding", default=d.decoding, help="greedy (default), cad, dola or actdec")
-    p.add_argument("--cad-alpha", type=float, default=d.cad_alpha, help=f"CAD contrast weight (default {d.cad_alpha})")
-    p.add_argument("--dola-layers", default=d.dola_layers, help="DoLa candidate layers: low (default), high or e.g. 2,4,6")
-    p.add_argument("--relative-top", type=float, default=d.relative_top, help=f"DoLa/ActDec plausibility threshold (default {d.relative_top})")
-    p.add_argument("--actdec-alpha", type=float, default=d.actdec_alpha, help=f"ActDec entropy weight (default {d.actdec_alpha})")
-    p.add_argument("--actdec-layer", type=int, default=None, help="ActDec info layer (default round(0.8125 x layers))")
-    p.add_argument("--mmlu-shots", type=int, default=d.mmlu_shots, help=f"MMLU few-shot examples, 0-5 (default {d.mmlu_shots})")
-    p.add_argument("--truthfulqa-version", default=d.truthfulqa_version, choices=["v0", "v1", "2025"], help="TruthfulQA files (default v0)")
-    p.add_argument("--max-length", type=int, default=None, help="longest input in tokens (default: model maximum, at most 2048)")
-    p.add_argument("--batch-tokens", type=int, default=d.batch_tokens, help=f"token budget of a scoring batch (default {d.batch_tokens})")
-    p.add_argument("--gen-batch", type=int, default=d.gen_batch, help=f"prompts generated together (default {d.gen_batch})")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="generation budget of every generation task (default: per task)")
-    p.add_argument("--chat-template", action="store_true", help="wrap prompts in the model's chat template (default: plain prompts)")
-    p.add_argument("--dtype", default=d.dtype, choices=["float32", "bfloat16", "float16"], help="model dtype")
-    p.add_argument("--out", default=None, help=f"output folder (default {d.out}; with --compare: the METHOD file's folder)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice; 1 is often fastest on a busy machine)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--compare", nargs=2, metavar=("BASE", "METHOD"), help="compare two eval.json files instead of evaluating")
+    p.add_argument("--compare", nargs=2, metavar=("BASE", "METHOD"), help="compare two eval.json files instead of evaluating (output: --out, default the METHOD file's folder)")
+    add_run_options(p)
     p.set_defaults(func=run)
 
 
@@ -75,22 +52,9 @@ def run(args: argparse.Namespace) -> int:
         return run_compare(args)
     from headgame.evaluate.decoding import DECODING
 
-    if args.threads is not None:
-        if args.threads <= 0:
-            raise HeadgameError(f"--threads must be a positive integer, got {args.threads}; pass e.g. --threads 1")
-        import torch
-
-        torch.set_num_threads(args.threads)
-    DECODING.get(args.decoding)  # unknown method: error with the valid ones
-    cfg = EvalConfig(
-        model=args.model, adapter=args.adapter, merge=args.merge, tasks=args.tasks, limit=args.limit,
-        n_items=args.n_items, seed=args.seed, data_dir=args.data_dir, decoding=args.decoding,
-        cad_alpha=args.cad_alpha, dola_layers=args.dola_layers, relative_top=args.relative_top,
-        actdec_alpha=args.actdec_alpha, actdec_layer=args.actdec_layer, mmlu_shots=args.mmlu_shots,
-        truthfulqa_version=args.truthfulqa_version, max_length=args.max_length, batch_tokens=args.batch_tokens,
-        gen_batch=args.gen_batch, max_new_tokens=args.max_new_tokens, chat_template=args.chat_template,
-        dtype=args.dtype, out=args.out or EvalConfig.out,
-    )
+    apply_threads(args)
+    cfg = config_from_args(args, EvalConfig)
+    DECODING.get(cfg.decoding)  # unknown method: error with the valid ones
     from rich.console import Console
 
     from headgame.evaluate.runner import run_eval
@@ -107,12 +71,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _with_progress(cfg: EvalConfig, console, say) -> dict:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
     from headgame.evaluate.runner import run_eval
+    from headgame.runs import progress_bar
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=console, transient=False) as bar:
+    with progress_bar(True, console) as bar:
         def make(kind: str, total: int):
             tid = bar.add_task(f"{kind} requests", total=total)
             return lambda done: bar.update(tid, completed=done)
@@ -144,7 +106,7 @@ def run_compare(args: argparse.Namespace) -> int:
         raise HeadgameError(f"{args.compare[0]} and {args.compare[1]} share no task; compare runs of the same tasks")
     md = to_markdown(result)
     print(md, end="")
-    out = Path(args.out) if args.out else Path(args.compare[1]).parent
+    out = Path(args.out) if getattr(args, "out", None) else Path(args.compare[1]).parent
     write_text_atomic(out / "compare.md", md)
     write_text_atomic(out / "compare.html", to_html(result))
     write_json_atomic(out / "compare.json", to_json(result))

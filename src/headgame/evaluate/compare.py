@@ -1,4 +1,4 @@
-"""``headgame eval --compare BASE.json METHOD.json``: the paper's table (spec game-lora §6.3, §10.1).
+"""``headgame eval --compare BASE.json METHOD.json``: the paper's table (docs/formulas.md#aggregates).
 
 Per task: both scores, the relative change Δ% (sign flipped when lower is better), and a paired
 significance test on the items both runs scored (matched by item id): McNemar for binary

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from headgame.config import ConfigMixin, positive_int
+from headgame.config import ConfigMixin, check_choice, check_dtype, positive_int
 from headgame.errors import HeadgameError
 
 _DEFAULTS = {"n_items": 1024, "batch_tokens": 2048, "gen_batch": 16}
@@ -19,20 +19,20 @@ class EvalConfig(ConfigMixin):
     """Model spec: packaged name, .gguf file, local folder (also a pruned model), hub id, tiny-*."""
     adapter: str | None = None
     """A peft adapter folder (adapter_config.json + weights) applied to the model."""
-    merge: bool = False
+    merge_adapter: bool = False
     """Merge the adapter into the weights before evaluating (else it runs unmerged)."""
     tasks: str = "all"
     """Comma-separated task names, or 'all'."""
     limit: int | None = None
     """Evaluate at most this many items per task (a prefix of the seeded draw)."""
     n_items: int = 1024
-    """Items per task drawn with the seed (spec game-lora §6.1: N = 1024)."""
+    """Items per task drawn with the seed (docs/formulas.md#sampling: N = 1024)."""
     seed: int = 42
     """Seed of the item draw, HaluEval's right/hallucinated choice and the few-shot pick."""
     data_dir: str | None = None
     """Folder of the public benchmark files (else $HEADGAME_DATA_DIR)."""
     decoding: str = "greedy"
-    """Decoding method: greedy, cad, dola or actdec (spec game-lora §7)."""
+    """Decoding method: greedy, cad, dola or actdec (docs/formulas.md#decoding)."""
     cad_alpha: float = 0.5
     """CAD's contrast weight α."""
     dola_layers: str = "low"
@@ -47,6 +47,9 @@ class EvalConfig(ConfigMixin):
     """MMLU few-shot examples from the dev split (0 for zero-shot)."""
     truthfulqa_version: str = "v0"
     """TruthfulQA files: v0 (default, lm-eval's), v1 or 2025."""
+    truthfulqa_mc2_rule: str = "lm-eval"
+    """Which MC2 answers count as true: lm-eval (default, what the paper ran: those before the
+    first false one in the mc2_targets list) or labels (every answer labelled true)."""
     max_length: int | None = None
     """Longest model input in tokens (default: the model's maximum, at most 2048)."""
     batch_tokens: int = 2048
@@ -59,6 +62,8 @@ class EvalConfig(ConfigMixin):
     """Wrap prompts in the model's chat template (default: plain prompts, as for base models)."""
     dtype: str = "float32"
     """Model dtype: float32, bfloat16 or float16."""
+    trust_remote_code: bool = False
+    """Allow custom modelling code from a hub repository."""
     out: str = "eval-out"
     """Output folder (eval.json, config.yaml)."""
 
@@ -73,10 +78,12 @@ class EvalConfig(ConfigMixin):
             raise HeadgameError(f"--max-new-tokens must be positive, got {self.max_new_tokens}; pass e.g. --max-new-tokens 32")
         if self.mmlu_shots < 0 or self.mmlu_shots > 5:
             raise HeadgameError(f"--mmlu-shots must be 0..5 (the dev split has five questions per subject), got {self.mmlu_shots}")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise HeadgameError(f"--dtype {self.dtype} is not supported; use float32, bfloat16 or float16")
-        if self.merge and not self.adapter:
-            raise HeadgameError("--merge needs --adapter DIR; pass the adapter folder to merge")
+        check_dtype(self.dtype)
+        check_choice(self.truthfulqa_version, "--truthfulqa-version", ("v0", "v1", "2025"))
+        if self.merge_adapter and not self.adapter:
+            raise HeadgameError("--merge-adapter needs --adapter DIR; pass the adapter folder to merge")
+        if self.truthfulqa_mc2_rule not in ("lm-eval", "labels"):
+            raise HeadgameError(f"--truthfulqa-mc2-rule {self.truthfulqa_mc2_rule} is unknown; use lm-eval (the default) or labels")
         if not 0 <= self.relative_top < 1:
             raise HeadgameError(f"--relative-top must be in [0, 1), got {self.relative_top}; the papers use 0.1")
 

@@ -1,4 +1,4 @@
-"""Decoding methods: how hidden states become next-token log-probabilities (spec game-lora §7).
+"""Decoding methods: how hidden states become next-token log-probabilities (docs/formulas.md#decoding).
 
 Each method is a plug-in of the scorer, used identically for log-likelihood scoring and greedy
 generation: the scorer hands it :class:`PositionStates` (hidden states at the positions being

@@ -168,3 +168,44 @@ def common_prefix_len(a: tuple[int, ...] | list[int], b: tuple[int, ...] | list[
     while i < n and a[i] == b[i]:
         i += 1
     return i
+
+
+def prefix_runs(items: list[list[tuple[int, ...]] | list[list[int]]], min_prefix: int,
+                limits: list[int] | None = None) -> list[tuple[int, list[int]]]:
+    """Group items (each a list of token rows) into runs that share a token prefix.
+
+    Items are sorted by their first row; an item joins the current run while the run's common
+    prefix stays at least ``min_prefix`` tokens and at least half of what it was (one few-shot
+    preamble per run, not a short accidental overlap between two preambles). A run's prefix is
+    cut to ``limits[i]`` of each member and is kept only when at least two different rows share
+    it; runs without a prefix are merged so that unrelated items are still batched together.
+    Returns ``(prefix length or 0, item indices)`` per run.
+    """
+    order = sorted(range(len(items)), key=lambda i: tuple(items[i][0]))
+    runs: list[tuple[int, list[int]]] = []
+    cur: list[int] = []
+    plen = 0
+    for i in order:
+        if cur:
+            first = items[cur[0]][0]
+            lcp = min(plen, min(common_prefix_len(first, r) for r in items[i]))
+            if lcp >= max(min_prefix, plen // 2):
+                cur.append(i)
+                plen = lcp
+                continue
+            runs.append((plen, cur))
+        cur = [i]
+        plen = min(common_prefix_len(items[i][0], r) for r in items[i])
+    if cur:
+        runs.append((plen, cur))
+    out: list[tuple[int, list[int]]] = []
+    for plen, members in runs:
+        if limits is not None:
+            plen = min([plen, *(limits[i] for i in members)])
+        distinct = {tuple(r) for i in members for r in items[i]}
+        plen = plen if plen >= min_prefix and len(distinct) > 1 else 0
+        if plen == 0 and out and out[-1][0] == 0:
+            out[-1][1].extend(members)
+        else:
+            out.append((plen, list(members)))
+    return out

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING
 import torch
 
 from headgame.evaluate.decoding import PositionStates, Sharpness, feed_sharpness
-from headgame.evaluate.forward import Prefix, expand_cache
+from headgame.evaluate.forward import Prefix, expand_cache, prefix_runs
 from headgame.evaluate.requests import GenerateRequest, without_span
-from headgame.evaluate.scorer import prefix_runs
 
 if TYPE_CHECKING:
-    from headgame.evaluate.scorer import HFScorer, Progress
+    from headgame.evaluate.requests import Progress
+    from headgame.evaluate.scorer import HFScorer
 
 
 def cut_at_stops(text: str, until: Sequence[str]) -> str:

@@ -9,15 +9,18 @@ touches tensors and a model never knows which benchmark asked:
 * :class:`GenerateRequest` – greedy generation until a stop sequence.
 
 ``cad_span`` marks the characters of the context that are the *evidence* (knowledge, document,
-instruction): context-aware decoding (spec game-lora §7) contrasts the prompt with and without
+instruction): context-aware decoding (docs/formulas.md#cad) contrasts the prompt with and without
 that span. Requests without a span are scored plainly by every decoding method that needs one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
+
+Progress = Callable[[int], None]
+"""Progress callback of the model protocol: called with the number of requests done so far."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,8 @@ class RollingResult:
 
 @runtime_checkable
 class LanguageModel(Protocol):
-    """What the task runner needs from a model (a dummy implements it in the tests)."""
+    """What the task runner needs from a model: :class:`~headgame.evaluate.scorer.HFScorer` implements
+    it, and any object with these three methods can be passed to :func:`~headgame.evaluate.runner.run_tasks`."""
 
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[LoglikelihoodResult]: ...
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from headgame import __version__
+from headgame.version import __version__
 from headgame.errors import HeadgameError
 from headgame.evaluate.config import EvalConfig
 from headgame.evaluate.requests import GenerateRequest, LanguageModel, LoglikelihoodRequest, RollingRequest
@@ -43,7 +43,7 @@ def load_for_eval(cfg: EvalConfig, say: Say = print) -> tuple[Any, Any, dict]:
         from headgame.models.surgery import load_any as load  # pruned-model folders too
     except ImportError:  # pragma: no cover - surgery ships with the prune tool
         from headgame.models.load import load_model as load
-    loaded = load(cfg.model, dtype=cfg.dtype)
+    loaded = load(cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
     model, tokenizer = loaded.model, loaded.tokenizer
     if not loaded.layout.causal:
         raise HeadgameError(f"--model {cfg.model} is not a causal language model ({loaded.layout.architecture}); headgame eval needs a decoder-only model such as smollm2-135m")
@@ -52,7 +52,7 @@ def load_for_eval(cfg: EvalConfig, say: Say = print) -> tuple[Any, Any, dict]:
     if cfg.adapter:
         from headgame.models.adapters import apply_adapter
 
-        model, info["adapter"] = apply_adapter(model, cfg.adapter, merge=cfg.merge, model_name=cfg.model)
+        model, info["adapter"] = apply_adapter(model, cfg.adapter, merge=cfg.merge_adapter, model_name=cfg.model)
     return model, tokenizer, info
 
 
@@ -88,7 +88,8 @@ _KINDS: tuple[tuple[str, type, str], ...] = (
 def run_tasks(cfg: EvalConfig, lm: LanguageModel, *, say: Say = print, progress: Callable[[str, int], Callable[[int], None]] | None = None) -> dict:
     """Score every task of ``cfg`` with ``lm``; returns the ``tasks`` part of eval.json."""
     options = TaskOptions(data_dir=cfg.data_dir, seed=cfg.seed, mmlu_shots=cfg.mmlu_shots,
-                          truthfulqa_version=cfg.truthfulqa_version, max_new_tokens=cfg.max_new_tokens)
+                          truthfulqa_version=cfg.truthfulqa_version, max_new_tokens=cfg.max_new_tokens,
+                          truthfulqa_mc2_rule=cfg.truthfulqa_mc2_rule)
     tasks: dict[str, Task] = {}
     chosen: dict[str, tuple[list[int], list[dict], list[list[Any]]]] = {}
     for name in cfg.task_names():

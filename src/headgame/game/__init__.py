@@ -1,7 +1,7 @@
 """Pure game maths on attention heads: coupling, GAME-LoRA losses, redundancy, coalitions.
 
 Names are re-exported lazily so that ``import headgame.game`` does not import torch or
-scikit-learn until a function is used (spec game-lora §3, §4, §9).
+scikit-learn until a function is used (docs/formulas.md#head-coupling).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 # The one list of re-exported names: name -> submodule that defines it.
 _EXPORTS: dict[str, str] = {
-    # coupling (spec §3)
+    # coupling (docs/formulas.md#head-coupling)
     "weight_coupling": "coupling",
     "cosine_from_gram": "coupling",
     "GradientGram": "coupling",
@@ -21,16 +21,16 @@ _EXPORTS: dict[str, str] = {
     "gamma_rms": "coupling",
     "gamma_abs": "coupling",
     "poa_proxy": "coupling",
-    # losses (spec §4)
+    # losses (docs/formulas.md#training-objective)
     "PairWeighting": "losses",
     "log_det_barrier": "losses",
     "abt_pair_weights": "losses",
     "abt_loss": "losses",
-    # redundancy (spec §4.2)
+    # redundancy (docs/formulas.md#cross-correlation)
     "OutputMoments": "redundancy",
     "cross_correlation": "redundancy",
     "redundancy_stats": "redundancy",
-    # coalitions (spec §9.2)
+    # coalitions (docs/formulas.md#coalitions)
     "find_coalitions": "coalitions",
     "selective_coordination": "coalitions",
     "selective_coordination_change": "coalitions",

@@ -1,12 +1,12 @@
 """Differentiable pieces of the GAME-LoRA objective that act on per-head outputs.
 
-* :func:`head_cross_correlation`: C_ij = (1/N) Õ_iᵀ Õ_j of z-scored head outputs (spec §4.2),
+* :func:`head_cross_correlation`: C_ij = (1/N) Õ_iᵀ Õ_j of z-scored head outputs (docs/formulas.md#cross-correlation),
   with every statistic (means, standard deviations, cross-correlations) optionally summed over
   processes by a differentiable all-reduce, so that k processes on a global batch give the same
   losses and gradients as one process on it.
-* :class:`EMANormalizer`: L̂ = L·c/m_t (spec §4.3), the [S] form by default, the ND-LoRA [A]
+* :class:`EMANormalizer`: L̂ = L·c/m_t (docs/formulas.md#ema), the [S] form by default, the ND-LoRA [A]
   form behind a flag.
-* :func:`output_disagreement`: Li et al. (2018)'s output-disagreement term (spec §7).
+* :func:`output_disagreement`: Li et al. (2018)'s output-disagreement term (docs/formulas.md#disagreement).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def _identity(t: Tensor) -> Tensor:
 
 
 def head_cross_correlation(o: Tensor, *, eps: float = 1e-8, all_reduce_sum: SumReduce | None = None) -> Tensor:
-    """Cross-correlation of z-scored head outputs, [H, H, dh, dh] (spec game-lora §4.2, Eq 30-33).
+    """Cross-correlation of z-scored head outputs, [H, H, dh, dh] (docs/formulas.md#cross-correlation, Eq 30-33).
 
     Args:
         o: [N, H, dh] per-head outputs of the valid tokens of this process (differentiable).
@@ -49,7 +49,7 @@ def head_cross_correlation(o: Tensor, *, eps: float = 1e-8, all_reduce_sum: SumR
 
 @dataclass
 class EMANormalizer:
-    """L̂_t = L_t · c / m_t with m_t = (1 − a)·m_{t−1} + a·L_t (detached), m_0 = c (spec §4.3).
+    """L̂_t = L_t · c / m_t with m_t = (1 − a)·m_{t−1} + a·L_t (detached), m_0 = c (docs/formulas.md#ema).
 
     ``mode="nd-lora"`` is the authors' earlier variant [A]: m starts at the first observed value,
     is updated only while ``warmup`` is true, and is frozen afterwards.

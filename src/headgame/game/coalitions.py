@@ -1,4 +1,4 @@
-"""Coalitions of heads and the "selective coordination" test (spec game-lora §9.2).
+"""Coalitions of heads and the "selective coordination" test (docs/formulas.md#coalitions).
 
 Numpy/scipy/scikit-learn only; accepts torch tensors or numpy arrays for G.
 """
@@ -37,7 +37,7 @@ def _canonical(labels: Sequence[int]) -> list[int]:
 
 
 def find_coalitions(g: Any, ks: Sequence[int] = (2, 3, 4), seed: int = 0) -> dict[str, Any]:
-    """Split the heads into coalitions by spectral biclustering of |G| (spec game-lora §9.2).
+    """Split the heads into coalitions by spectral biclustering of |G| (docs/formulas.md#coalitions).
 
     For each valid k (2 ≤ k ≤ H−1) fit ``SpectralBiclustering(n_clusters=k,
     method="bistochastic", random_state=seed)`` on |G| + 1e-6 and take the row labels (|G| is
@@ -128,7 +128,7 @@ def _rank_biserial(u: float, n1: int, n2: int) -> float:
 def selective_coordination(g: Any, labels: Sequence[int]) -> dict[str, Any]:
     """One-sided Mann–Whitney U test: within-coalition |G_ij| > between-coalition |G_ij|.
 
-    spec game-lora §9.2: pairs i < j; "selective coordination" means within > between.
+    docs/formulas.md#coalitions: pairs i < j; "selective coordination" means within > between.
     U is scipy's statistic for the within sample; r = 2U/(n_within·n_between) − 1 is the
     rank-biserial effect size (+1: every within pair couples more than every between pair).
 
@@ -159,7 +159,7 @@ def selective_coordination(g: Any, labels: Sequence[int]) -> dict[str, Any]:
 
 
 def selective_coordination_change(g_before: Any, g_after: Any, labels: Sequence[int]) -> dict[str, Any]:
-    """Did coupling fall more between coalitions than within them? (spec game-lora §9.2)
+    """Did coupling fall more between coalitions than within them? (docs/formulas.md#coalitions)
 
     Δ_ij = |G_after,ij| − |G_before,ij| over pairs i < j, split by ``labels`` (typically the
     coalitions of the "before" model). One-sided Mann–Whitney U of Δ between-coalition (first

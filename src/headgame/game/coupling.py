@@ -1,6 +1,6 @@
 """Head coupling: weight coupling ω, gradient coupling ρ, interaction matrix G and Γ(G).
 
-Everything here is pure tensor maths (spec game-lora §3). The only state is
+Everything here is pure tensor maths (docs/formulas.md#head-coupling). The only state is
 :class:`GradientGram`, an explicit accumulator the caller owns; hooks that feed it live in
 ``headgame.models.tap``.
 """
@@ -62,9 +62,9 @@ def cosine_from_gram(gram: Tensor) -> Tensor:
 def weight_coupling(w_o: Tensor) -> Tensor:
     """Weight coupling ω: cosines of the heads' flattened output-projection slices.
 
-    spec game-lora §3.1: ω_ij = ⟨vec W_O^(i), vec W_O^(j)⟩ / (‖W_O^(i)‖_F ‖W_O^(j)‖_F).
+    docs/formulas.md#omega: ω_ij = ⟨vec W_O^(i), vec W_O^(j)⟩ / (‖W_O^(i)‖_F ‖W_O^(j)‖_F).
     Differentiable (GAME-LoRA back-propagates the log-det barrier through ω into the LoRA
-    factors of o_proj, spec §4.1). Computed in float32, or float64 if the input is float64.
+    factors of o_proj, docs/formulas.md#ldb). Computed in float32, or float64 if the input is float64.
 
     Args:
         w_o: [H, d, dh] per-head slices W_O^(i) (columns i·dh … (i+1)·dh−1 of o_proj.weight).
@@ -79,7 +79,7 @@ def weight_coupling(w_o: Tensor) -> Tensor:
 
 
 class GradientGram:
-    """Streaming accumulator of the gradient Gram matrix behind ρ (spec game-lora §3.2).
+    """Streaming accumulator of the gradient Gram matrix behind ρ (docs/formulas.md#rho).
 
     Head i's gradient vector is vec g_i: the concatenation over all tokens n of its dh-vector
     g[n, i, :]. So ``Gram_ij = Σ_n Σ_d g[n,i,d] g[n,j,d]`` and ρ = cosine_from_gram(Gram). The
@@ -165,10 +165,10 @@ class GradientGram:
 
 
 def interaction_matrix(omega: Tensor, rho: Tensor) -> Tensor:
-    """Head interaction matrix G = ω ⊙ ρ (spec game-lora §3.3).
+    """Head interaction matrix G = ω ⊙ ρ (docs/formulas.md#G).
 
     ρ is detached and moved to ω's dtype/device: it is a gradient statistic and treated as a
-    constant (spec §3.2, §12 #5), so gradients of G reach only ω. PSD with unit diagonal by the
+    constant (docs/formulas.md#rho), so gradients of G reach only ω. PSD with unit diagonal by the
     Schur product theorem.
     """
     if omega.shape != rho.shape:
@@ -186,7 +186,7 @@ def _as_numpy(g: Any) -> np.ndarray:
 
 
 def gamma_fro(g: Any) -> float:
-    """Γ(G) = ‖G − I‖_F, the primary interaction strength (spec game-lora §3.4). 0 for H = 1."""
+    """Γ(G) = ‖G − I‖_F, the primary interaction strength (docs/formulas.md#gamma). 0 for H = 1."""
     a = _as_numpy(g)
     if a.shape[0] < 2:
         return 0.0
@@ -194,13 +194,13 @@ def gamma_fro(g: Any) -> float:
 
 
 def gamma_rms(g: Any) -> float:
-    """Γ_norm = Γ / sqrt(H(H−1)): RMS off-diagonal coupling (spec §3.4 [D]). 0 for H = 1."""
+    """Γ_norm = Γ / sqrt(H(H−1)): RMS off-diagonal coupling (docs/formulas.md#gamma [D]). 0 for H = 1."""
     h = _as_numpy(g).shape[0]
     return 0.0 if h < 2 else gamma_fro(g) / math.sqrt(h * (h - 1))
 
 
 def gamma_abs(g: Any) -> float:
-    """Γ_abs = Σ_{i≠j} |G_ij| / (H(H−1)): mean absolute off-diagonal coupling (spec §3.4 [D])."""
+    """Γ_abs = Σ_{i≠j} |G_ij| / (H(H−1)): mean absolute off-diagonal coupling (docs/formulas.md#gamma [D])."""
     a = _as_numpy(g)
     h = a.shape[0]
     if h < 2:
@@ -210,7 +210,7 @@ def gamma_abs(g: Any) -> float:
 
 
 def gamma(g: Any) -> dict[str, float]:
-    """All three Γ variants of spec §3.4 as Python floats: ``gamma`` (primary), ``gamma_norm``,
+    """All three Γ variants of docs/formulas.md#gamma as Python floats: ``gamma`` (primary), ``gamma_norm``,
     ``gamma_abs``. Accepts a torch tensor or numpy array [H, H]."""
     return {"gamma": gamma_fro(g), "gamma_norm": gamma_rms(g), "gamma_abs": gamma_abs(g)}
 
@@ -218,7 +218,7 @@ def gamma(g: Any) -> dict[str, float]:
 def poa_proxy(gamma_value: float, n_heads: int, c: float | None = None) -> dict[str, Any]:
     """A labelled proxy for the Price-of-Anarchy bound; the PoA constants are NOT estimated.
 
-    spec game-lora §3.5: PoA ≤ (1 + β_R + β_C) / (1 − (L/α)·Γ²). We report Γ² and
+    docs/formulas.md#poa-proxy: PoA ≤ (1 + β_R + β_C) / (1 − (L/α)·Γ²). We report Γ² and
     1 / (1 − c·Γ²), i.e. the bound with β_R = β_C = 0 and the stated assumption L/α = c.
     The default c = 1/(H(H−1)) makes c·Γ² = Γ_norm² ∈ [0, 1]. ``proxy`` is ``inf`` when
     c·Γ² ≥ 1 (the bound is vacuous there).

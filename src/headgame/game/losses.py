@@ -1,6 +1,6 @@
 """GAME-LoRA regularisers on the head interaction matrix G and head cross-correlations.
 
-Pure, differentiable functions (spec game-lora §4). The training loop combines them with the
+Pure, differentiable functions (docs/formulas.md#training-objective). The training loop combines them with the
 λ schedule and the EMA normaliser; analysis uses them to report the loss values of a model.
 """
 
@@ -16,7 +16,7 @@ __all__ = ["PairWeighting", "log_det_barrier", "abt_pair_weights", "abt_loss"]
 
 
 class PairWeighting(str, Enum):
-    """How Barlow-Twins head pairs are weighted (spec game-lora §4.2, ablations §8)."""
+    """How Barlow-Twins head pairs are weighted (docs/formulas.md#pair-weights, ablations §8)."""
 
     ADAPTIVE = "adaptive"
     """w_ij = α + (1−α)·softplus(−β(G_ij − τ)): coupled pairs taxed slightly less (default)."""
@@ -27,7 +27,7 @@ class PairWeighting(str, Enum):
 
 
 def log_det_barrier(g: Tensor, eps: float = 0.01, jitter: float = 0.0) -> Tensor:
-    """Log-determinant barrier L_LDB = −log det(G + εI) (spec game-lora §4.1, Eq 28).
+    """Log-determinant barrier L_LDB = −log det(G + εI) (docs/formulas.md#ldb, Eq 28).
 
     Computed as −Σ_k log(max(λ_k, ε)) with λ = eigvalsh(G + εI), in float32 (float64 inputs
     stay float64). Minimised by G = I, where it equals −H·log(1 + ε). Differentiable through
@@ -48,7 +48,7 @@ def log_det_barrier(g: Tensor, eps: float = 0.01, jitter: float = 0.0) -> Tensor
     work = 0.5 * (work + work.T)
     eye = torch.eye(work.shape[0], dtype=work.dtype, device=work.device)
     lam = torch.linalg.eigvalsh(work + (eps + jitter) * eye)  # [H]
-    # spec §4.1: eigenvalues clamped below at ε (only active if G is not numerically PSD).
+    # docs/formulas.md#ldb: eigenvalues clamped below at ε (only active if G is not numerically PSD).
     return -torch.log(lam.clamp_min(eps)).sum()
 
 
@@ -59,9 +59,9 @@ def abt_pair_weights(
     tau: float = 0.0,
     mode: PairWeighting | str = PairWeighting.ADAPTIVE,
 ) -> Tensor:
-    """Pair weights w_ij for the adaptive Barlow-Twins loss (spec game-lora §4.2, §8).
+    """Pair weights w_ij for the adaptive Barlow-Twins loss (docs/formulas.md#pair-weights).
 
-    From a DETACHED G (spec §4.2 [D]): no gradient flows through the weights.
+    From a DETACHED G (docs/formulas.md#pair-weights [D]): no gradient flows through the weights.
     Sanity values (adaptive, defaults): G_ij = 0 → 0.978, +0.3 → 0.930, −0.3 → 1.270.
 
     Args:
@@ -81,9 +81,9 @@ def abt_pair_weights(
 
 
 def abt_loss(c: Tensor, weights: Tensor | None = None, subtract_identity: bool = True) -> Tensor:
-    """Barlow-Twins loss between heads: L_ABT = E_{i<j}[ w_ij ‖C_ij − I‖_F² ] (spec §4.2, Eq 33).
+    """Barlow-Twins loss between heads: L_ABT = E_{i<j}[ w_ij ‖C_ij − I‖_F² ] (docs/formulas.md#pair-weights, Eq 33).
 
-    With ``subtract_identity=False`` the target is 0 (ablation "Zero target", spec §8).
+    With ``subtract_identity=False`` the target is 0 (ablation "Zero target", docs/formulas.md#ablations).
     Differentiable in ``c``; the weights are used as given (detach them upstream).
 
     Args:

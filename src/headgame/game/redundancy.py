@@ -1,4 +1,4 @@
-"""Head redundancy: streaming z-scored cross-correlations between heads (spec game-lora §4.2).
+"""Head redundancy: streaming z-scored cross-correlations between heads (docs/formulas.md#redundancy).
 
 :class:`OutputMoments` accumulates the first and second moments of per-head outputs over many
 batches; :func:`cross_correlation` turns them into exactly the C_ij the spec defines on all N
@@ -120,7 +120,7 @@ class OutputMoments:
 def cross_correlation(
     moments: OutputMoments, eps: float = 1e-8, unbiased_std: bool = True
 ) -> Tensor:
-    """Head cross-correlations C_ij = (1/N) Õ_iᵀ Õ_j from streamed moments (spec §4.2, Eq 30–33).
+    """Head cross-correlations C_ij = (1/N) Õ_iᵀ Õ_j from streamed moments (docs/formulas.md#redundancy, Eq 30–33).
 
     Identical to z-scoring all N tokens at once, õ = (o − μ) / (σ + eps), with σ the unbiased
     std (as [S]) unless ``unbiased_std=False``, then C = (1/N) ÕᵀÕ. From the moments:
@@ -150,7 +150,7 @@ def _upper_mean(m: np.ndarray) -> float:
 
 
 def redundancy_stats(c: Tensor, g: Tensor | None = None) -> dict[str, Any]:
-    """Per-pair redundancy summaries of the head cross-correlations (spec game-lora §4.2, §8).
+    """Per-pair redundancy summaries of the head cross-correlations (docs/formulas.md#redundancy).
 
     Matrices are float64 numpy [H, H]; scalars are Python floats.
 

@@ -1,11 +1,11 @@
-"""The three-phase λ schedule of GAME-LoRA (spec game-lora §4.5)."""
+"""The three-phase λ schedule of GAME-LoRA (docs/formulas.md#schedule)."""
 
 from __future__ import annotations
 
 from enum import Enum
 
-WARMUP_END = 0.02  # spec §4.5 [S][B]
-COOLDOWN_START = 0.879  # spec §4.5 [S][B]
+WARMUP_END = 0.02  # docs/formulas.md#schedule [S][B]
+COOLDOWN_START = 0.879  # docs/formulas.md#schedule [S][B]
 
 
 class Schedule(str, Enum):
@@ -22,7 +22,7 @@ def lambda_scale(
     """s(p): linear warm-up to 1 until ``warmup_end``, 1 until ``cooldown_start``, then linear to 0.
 
     ``progress`` p = step / total_steps in [0, 1] (optimizer steps). The constant schedule is the
-    "schedule off" ablation (spec §8): s ≡ 1.
+    "schedule off" ablation (docs/formulas.md#ablations): s ≡ 1.
     """
     if Schedule(schedule) is Schedule.CONSTANT:
         return 1.0

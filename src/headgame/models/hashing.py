@@ -11,9 +11,16 @@ from typing import Any
 _CHUNK = 1 << 22
 
 
-def _memo_path() -> Path:
-    from headgame.models.load import cache_root
+def cache_root() -> Path:
+    """Where de-quantised models and the hash memo live: $HEADGAME_CACHE, else the XDG cache."""
+    env = os.environ.get("HEADGAME_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "headgame"
 
+
+def _memo_path() -> Path:
     return cache_root() / "hashes.json"
 
 

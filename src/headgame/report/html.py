@@ -202,7 +202,7 @@ def write_report(analysis: dict, out_dir: Path, *, heatmap_layers: list[int] | N
     else :func:`~headgame.report.plots.choose_heatmap_layers`. Returns paths keyed by file
     stem, plus ``"report"`` for the HTML.
     """
-    from headgame.report import plots
+    from headgame.report import plots  # imported on use: it pulls in matplotlib
 
     out_dir = Path(out_dir)
     layers = list(analysis.get("layers") or [])

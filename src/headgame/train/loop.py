@@ -22,13 +22,15 @@ import torch.nn.functional as F
 
 from headgame.errors import HeadgameError
 from headgame.game.coupling import GradientGram, cosine_from_gram
-from headgame.game.nash_mtl import solve_nash_weights, task_gram
+from headgame.game.nash_mtl import nash_update
 from headgame.game.schedule import lambda_scale
 from headgame.io import AtomicDir, write_json_atomic, write_text_atomic
 from headgame.models.tap import HeadTap
+from headgame.runs import progress_bar
 from headgame.train import checkpoint as ckpt
 from headgame.train.config import TrainConfig, default_design_layer
 from headgame.train.lora import add_lora, param_groups
+from headgame.train.methods import METHODS
 from headgame.train.objective import GameObjective
 
 
@@ -61,16 +63,17 @@ class Trainer:
 
             check_writable(self.out)
         set_seed(cfg.seed)
-        loaded = load_model(cfg.model)
+        loaded = load_model(cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
         self.base_hash = loaded.info["hash"]
         base, self.tokenizer, self.layout = loaded
         layout = self.layout
         if layout.max_positions and cfg.seq_len > layout.max_positions:
             raise HeadgameError(f"--seq-len {cfg.seq_len} exceeds the model's maximum of {layout.max_positions} positions; use --seq-len {layout.max_positions} or less")
         self.design = [layout.check_layer(l) for l in (cfg.design_layers or [default_design_layer(layout.n_layers)])]
-        game = cfg.method == "game-lora"
-        self.abt_layers = [layout.check_layer(l) for l in (cfg.abt_layers or self.design)] if game and not cfg.no_abt else []
-        self.ldb_layers = [layout.check_layer(l) for l in (cfg.ldb_layers or self.design)] if game and not cfg.no_ldb else []
+        self.method = METHODS.get(cfg.method)
+        abt, ldb = self.method.regulariser_layers(cfg, self.design)
+        self.abt_layers = [layout.check_layer(l) for l in abt]
+        self.ldb_layers = [layout.check_layer(l) for l in ldb]
         self.tap_layers = sorted(set(self.design) | set(self.abt_layers) | set(self.ldb_layers))
         self.model = add_lora(base, layout, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, seed=cfg.seed)
         self.model.to(self.acc.device)
@@ -152,14 +155,13 @@ class Trainer:
         s = lambda_scale(self.step / self.total_steps, cfg.schedule, cfg.warmup_end, cfg.cooldown_start)
         lambdas = {"abt": cfg.lambda_abt * s, "ldb": cfg.lambda_ldb * s}
         grams = {l: GradientGram(layout.n_heads, layout.head_dim) for l in self.tap_layers}
-        nash = cfg.method == "game-lora" and cfg.arbitration == "nash_mtl"
+        nash = self.method.arbitrates and cfg.arbitration == "nash_mtl"
         # α is reused for nash_update_every steps, but never across a change of the task set
         # (phase boundaries of the λ schedule)
         recompute = nash and (self.alpha is None or self.step % cfg.nash_update_every == 0
                               or self.alpha_tasks != self.objective.task_names(lambdas))
-        # a regulariser above another tapped layer would reach that layer's o_proj input in a
-        # joint backward; then CE goes first, alone, so ρ stays the CE gradient (spec §3.2)
-        split_ce = any(r < a for r in self.tap_layers for a in self.abt_layers) or cfg.method == "disagreement" and len(self.design) > 1
+        # then CE goes first, alone, so ρ stays the CE gradient (docs/formulas.md, ρ)
+        split_ce = self.method.ce_goes_alone(cfg, self.tap_layers, self.abt_layers, self.design)
         task_flat: dict[str, torch.Tensor] = {}
         logs: list[dict[str, float]] = []
         self.model.train()
@@ -198,9 +200,8 @@ class Trainer:
         if recompute:
             names = list(task_flat)
             grads = [self._mean_across(task_flat[n]) for n in names]
-            res = solve_nash_weights(task_gram(grads))
+            total, res = nash_update(grads)  # one task (λ = 0): the plain CE gradient, α = 1
             self.alpha, self.alpha_tasks = [float(a) for a in res.alpha], names
-            total = sum(float(a) * g for a, g in zip(res.alpha, grads))
             self._write_grads(total)
             log["nash_alpha"] = dict(zip(names, self.alpha))
             if res.regularised:
@@ -211,7 +212,7 @@ class Trainer:
             if nash:
                 log["nash_alpha"] = dict(zip(self.alpha_tasks or [], self.alpha or []))
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.groups.params, cfg.clip)) if cfg.clip > 0 else float("nan")
-        # ρ of this step's CE gradient, summed over micro-batches and processes (spec §3.2)
+        # ρ of this step's CE gradient, summed over micro-batches and processes (docs/formulas.md#rho)
         for l in self.tap_layers:
             gram = self._sum_across(grams[l].gram().to(self.acc.device)).cpu()
             new = cosine_from_gram(gram) if grams[l].n_tokens else self.rho[l]
@@ -244,41 +245,11 @@ class Trainer:
         return total / count
 
     # ================================================================ checkpoints
-    def _state(self) -> dict[str, Any]:
-        return {
-            "config": self.cfg.run_identity(), "model_hash": self.base_hash, "total_steps": self.total_steps,
-            "ema": self.objective.ema.state_dict(), "rho": {str(l): r.tolist() for l, r in self.rho.items()},
-            "alpha": self.alpha, "alpha_tasks": self.alpha_tasks,
-        }
-
     def save_checkpoint(self) -> Path:
-        gather = None
-        if self.world > 1:
-            def gather(state):
-                objs = [None] * self.world
-                torch.distributed.all_gather_object(objs, state)
-                return objs
-        return ckpt.save(self.out, self.step, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-                         state=self._state(), rank=self.rank, world=self.world, barrier=self.acc.wait_for_everyone,
-                         gather_rng=gather, keep=self.cfg.keep_checkpoints)
+        return ckpt.save_trainer(self)
 
     def _restore(self, path: Path) -> None:
-        found = ckpt.find(path)
-        state = ckpt.load_state(found)
-        mine = self.cfg.run_identity()
-        diff = sorted(k for k in set(mine) | set(state["config"]) if mine.get(k) != state["config"].get(k))
-        if state.get("model_hash") != self.base_hash:
-            diff.append("base model weights")
-        if state.get("world_size", 1) != self.world:
-            diff.append(f"number of processes ({state.get('world_size')} vs {self.world})")
-        if diff:
-            raise HeadgameError(f"cannot resume from {found}: the run differs in {', '.join(diff)}; rerun with the checkpoint's settings or start a new --out")
-        ckpt.restore(found, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, rank=self.rank)
-        self.step = int(state["step"])
-        self.objective.ema.load_state_dict(state["ema"])
-        self.rho = {int(l): torch.tensor(r, dtype=torch.float64) for l, r in state["rho"].items()}
-        self.alpha, self.alpha_tasks = state.get("alpha"), state.get("alpha_tasks")
-        self.resumed_from = found
+        self.resumed_from = ckpt.restore_trainer(self, path)
 
     # ================================================================ fit
     def _on_signal(self, signum, frame) -> None:
@@ -296,7 +267,7 @@ class Trainer:
             write_text_atomic(metrics_path, "".join(l + "\n" for l in kept))
         writer = self._tensorboard() if main and cfg.tensorboard else None
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        bar = _progress(self.show_progress and main, self.console)
+        bar = progress_bar(self.show_progress and main, self.console, fields="steps · CE {task.fields[ce]:.3f} · Γ {task.fields[gamma]:.3f}")
         last_good: Path | None = getattr(self, "resumed_from", None)
         try:
             with bar, open(metrics_path, "a") if main else _Null() as mfile:
@@ -347,7 +318,7 @@ class Trainer:
                 "first": records[0] if records else None, "last": records[-1] if records else None,
                 "final_val_loss": next((r["val_loss"] for r in reversed(records) if "val_loss" in r), None),
             }
-            if self.cfg.merge:
+            if self.cfg.save_merged:
                 merged = self.model.merge_and_unload()
                 with AtomicDir(self.out / "merged") as tmp:
                     merged.save_pretrained(tmp, safe_serialization=True)
@@ -390,14 +361,3 @@ class _Null:
 
     def flush(self):
         pass
-
-
-def _progress(enabled: bool, console: Any):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("steps · CE {task.fields[ce]:.3f} · Γ {task.fields[gamma]:.3f}"),
-        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-        console=console, disable=not enabled,
-    )
