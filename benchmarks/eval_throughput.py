@@ -30,11 +30,11 @@ import torch  # noqa: E402
 
 from headgame.evaluate.config import EvalConfig  # noqa: E402
 from headgame.evaluate.lm_eval_bridge import build_tasks, run_lm_eval  # noqa: E402
-from headgame.evaluate.runner import build_scorer, load_for_eval, versions  # noqa: E402
+from headgame.evaluate.runner import build_scorer, load_for_eval  # noqa: E402
 from headgame.evaluate.scorer import HFScorer  # noqa: E402
 from headgame.evaluate.tasks import TASKS, TaskOptions, sample_indices  # noqa: E402
 from headgame.io import write_json_atomic  # noqa: E402
-from headgame.system import cpu_name  # noqa: E402
+from headgame.system import cpu_name, package_versions  # noqa: E402
 
 
 def task_items(name: str, data_dir: str | None, limit: int, mmlu_subjects: int, seed: int = 42) -> list[int]:
@@ -114,7 +114,7 @@ def main() -> int:
     out = {
         "model": args.model, "dtype": "float32", "device": "cpu", "threads": args.threads,
         "machine": cpu_name(), "cpus": os.cpu_count(), "command": " ".join(sys.argv),
-        "versions": versions(), "lm_eval_version": _version("lm-eval"), "tasks": results,
+        "versions": package_versions(), "lm_eval_version": _version("lm-eval"), "tasks": results,
         "ratio": min(r["ratio"] for r in results.values()),
         "target_ratio": 3.0,
     }

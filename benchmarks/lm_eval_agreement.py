@@ -26,9 +26,9 @@ import torch  # noqa: E402
 
 from headgame.evaluate.config import EvalConfig  # noqa: E402
 from headgame.evaluate.lm_eval_bridge import BRIDGED, build_tasks, item_outcome, loglikelihoods, run_lm_eval  # noqa: E402
-from headgame.evaluate.runner import build_scorer, load_for_eval, run_tasks, versions  # noqa: E402
+from headgame.evaluate.runner import build_scorer, load_for_eval, run_tasks  # noqa: E402
 from headgame.io import write_json_atomic  # noqa: E402
-from headgame.system import cpu_name  # noqa: E402
+from headgame.system import cpu_name, package_versions  # noqa: E402
 
 EXPLAIN = {
     "truthfulqa_mc2": "headgame computes MC2 from the labels; lm-eval assumes the true answers come first "
@@ -93,7 +93,7 @@ def main() -> int:
     result = {
         "model": args.model, "adapter": args.adapter, "lm_eval_version": _lm_eval_version(),
         "max_length": scorer.cfg.max_length, "batch_size_lm_eval": args.batch_size, "threads": args.threads,
-        "command": " ".join(sys.argv), "machine": cpu_name(), "versions": versions(),
+        "command": " ".join(sys.argv), "machine": cpu_name(), "versions": package_versions(),
         "tasks": rows, "max_abs_diff_points": max(r["abs_diff_points"] for r in rows.values()),
     }
     write_json_atomic(args.out, result)

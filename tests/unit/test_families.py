@@ -224,6 +224,11 @@ def test_save_and_reload(tmp_path, variant, pattern):
     path = save_pruned(pruned, tok, tmp_path / "pruned")
     loaded = load_pruned(path)
     torch.testing.assert_close(logits(loaded.model, ids, mask), expect, atol=0, rtol=0)
+    # the public loader opens a pruned folder too (and so every command's --model)
+    from headgame import load_model
+
+    again = load_model(str(path))
+    torch.testing.assert_close(logits(again.model, ids, mask), expect, atol=0, rtol=0)
     assert head_counts(loaded.model, loaded.layout) == head_counts(pruned, layout)
     record = json.loads((path / "headgame_pruning.json").read_text())
     assert record["removed_heads"] == {str(l): h for l, h in PATTERNS[pattern].items()}

@@ -21,15 +21,9 @@ import torch
 from torch import nn
 
 from headgame.errors import HeadgameError
+from headgame.models.layout import unwrap_peft
 
 _NORM_NAMES = ("norm", "ln_f", "final_layernorm", "final_layer_norm", "final_norm")
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The transformers model inside a peft wrapper (adapter layers stay active)."""
-    if type(model).__name__.startswith("Peft") and hasattr(model, "get_base_model"):
-        return model.get_base_model()
-    return model
 
 
 @dataclass
@@ -46,7 +40,7 @@ class ModelParts:
 
     @classmethod
     def from_model(cls, model: nn.Module) -> "ModelParts":
-        hf = unwrap(model)
+        hf = unwrap_peft(model)
         config = getattr(hf, "config", None)
         prefix = getattr(hf, "base_model_prefix", "")
         decoder = getattr(hf, prefix, None) if prefix else None

@@ -8,14 +8,12 @@ scored once → per-item records → scores) → :func:`write_results`.
 from __future__ import annotations
 
 import datetime as _dt
-import platform
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from headgame.version import __version__
+from headgame.system import package_versions
 from headgame.errors import HeadgameError
 from headgame.evaluate.config import EvalConfig
 from headgame.evaluate.requests import GenerateRequest, LanguageModel, LoglikelihoodRequest, RollingRequest
@@ -27,22 +25,9 @@ FORMAT = "headgame-eval/1"
 Say = Callable[[str], None]
 
 
-def versions() -> dict[str, str]:
-    out = {"headgame": __version__, "python": sys.version.split()[0], "platform": platform.platform()}
-    for mod in ("torch", "transformers", "peft", "numpy", "scipy"):
-        try:
-            out[mod] = __import__(mod).__version__
-        except ImportError:
-            pass
-    return out
-
-
 def load_for_eval(cfg: EvalConfig, say: Say = print) -> tuple[Any, Any, dict]:
     """The model (adapter applied, merged if asked), its tokenizer and a description."""
-    try:
-        from headgame.models.surgery import load_any as load  # pruned-model folders too
-    except ImportError:  # pragma: no cover - surgery ships with the prune tool
-        from headgame.models.load import load_model as load
+    from headgame.models.load import load_model as load  # pruned-model folders too
     loaded = load(cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
     model, tokenizer = loaded.model, loaded.tokenizer
     if not loaded.layout.causal:
@@ -58,7 +43,7 @@ def load_for_eval(cfg: EvalConfig, say: Say = print) -> tuple[Any, Any, dict]:
 
 def build_scorer(cfg: EvalConfig, model, tokenizer, info: dict, notes: list[str], say: Say = print):
     from headgame.evaluate.decoding import make_method
-    from headgame.evaluate.forward import unwrap
+    from headgame.models.layout import unwrap_peft
     from headgame.evaluate.scorer import HFScorer, ScorerConfig
 
     chat = cfg.chat_template
@@ -69,7 +54,7 @@ def build_scorer(cfg: EvalConfig, model, tokenizer, info: dict, notes: list[str]
         chat = False
     max_pos = info.get("max_positions") or 2048
     max_length = min(cfg.max_length or 2048, max_pos)
-    tied = bool(getattr(unwrap(model).config, "tie_word_embeddings", False))
+    tied = bool(getattr(unwrap_peft(model).config, "tie_word_embeddings", False))
     method = make_method(
         cfg.decoding, alpha=cfg.cad_alpha if cfg.decoding == "cad" else cfg.actdec_alpha, layers=cfg.dola_layers,
         relative_top=cfg.relative_top, tied_embeddings=tied, layer=cfg.actdec_layer,
@@ -162,7 +147,7 @@ def run_eval(cfg: EvalConfig, *, say: Say = print, progress: Callable[[str, int]
     body = run_tasks(cfg, lm, say=say, progress=progress)
     result = {
         "format": FORMAT, "model": model_info, "decoding": decoding, "config": cfg.to_dict(),
-        "versions": versions(), "started": started, "seconds": round(time.perf_counter() - t0, 3),
+        "versions": package_versions(), "started": started, "seconds": round(time.perf_counter() - t0, 3),
         "notes": notes, "timing": body["timing"], "tasks": body["tasks"],
     }
     if scorer is not None:

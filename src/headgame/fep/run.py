@@ -8,7 +8,6 @@ summaries, scores, Gibbs/MCMC (§3.2–§3.7) → ε-Nash report with the ablati
 
 from __future__ import annotations
 
-import datetime as _dt
 import math
 import time
 from collections.abc import Callable
@@ -18,9 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from headgame.version import __version__
 from headgame.data.texts import load_sequences, prefix, resolve_source
 from headgame.errors import HeadgameError
+from headgame.runs import check_writable, progress_bar, provenance
 from headgame.fep.config import FepConfig
 from headgame.info import dividends as dv
 from headgame.info.analysis import InfoOptions, LayerInfo, analyse_layer
@@ -77,15 +76,13 @@ def score_matrix(infos: dict[int, LayerInfo], name: str, n_layers: int) -> np.nd
 
 def run_fep(cfg: FepConfig, *, progress: bool = True, console: Any = None, report: bool = True) -> dict[str, Any]:
     """Run ``headgame fep`` end to end; returns the result dict also written to ``fep.json``."""
-    from headgame.runs import check_writable
-    from headgame.system import package_versions
     from headgame.fep.report import write_outputs
-    from headgame.models.surgery import load_any
+    from headgame.models.load import load_model
 
     out = Path(cfg.out)
     check_writable(out)
     t_start = time.perf_counter()
-    loaded = load_any(cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+    loaded = load_model(cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
     model, tok, layout = loaded
     if loaded.info.get("kind") == "pruned":
         raise HeadgameError(f"{cfg.model} is a pruned model; analyse the original model (the dividends need every head)")
@@ -95,7 +92,7 @@ def run_fep(cfg: FepConfig, *, progress: bool = True, console: Any = None, repor
     source = resolve_source(cfg.data, cfg.data_dir)
     seqs = load_sequences(source, tok, causal=layout.causal, max_tokens=cfg.max_tokens, seq_len=cfg.seq_len,
                           data_dir=cfg.data_dir, text_field=cfg.text_field, gsm8k_format=cfg.gsm8k_format, seed=cfg.seed)
-    bar = _progress(progress, console)
+    bar = progress_bar(progress, console)
     timing: dict[str, float] = {}
     with bar:
         t0 = time.perf_counter()
@@ -142,10 +139,7 @@ def run_fep(cfg: FepConfig, *, progress: bool = True, console: Any = None, repor
             nash["ablation_tokens"] = int(prefix(seqs, cfg.ablation_tokens).n_tokens)
             nash["base_nll"] = base_nll
     result: dict[str, Any] = {
-        "headgame_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "config": cfg.to_dict(),
-        "versions": package_versions(),
+        **provenance(cfg),
         "model": {"spec": cfg.model, **layout.describe(), "hash": loaded.info.get("hash"), "source": loaded.info.get("source")},
         "data": {"source": source, "n_sequences": seqs.n_sequences, "n_tokens": seqs.n_tokens, "n_observations": symbols.n_obs,
                  "seq_len": cfg.seq_len, "truncated": seqs.truncated, "alphabet": cfg.alphabet,
@@ -175,10 +169,3 @@ def run_fep(cfg: FepConfig, *, progress: bool = True, console: Any = None, repor
     paths = write_outputs(result, infos, head_scores, out, table_format=cfg.table_format, config_yaml=cfg.to_yaml(), report=report)
     result["files"] = sorted(p.name for p in paths)
     return result
-
-
-def _progress(enabled: bool, console: Any):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=not enabled, transient=False)

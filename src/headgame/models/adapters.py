@@ -105,7 +105,7 @@ def attach_adapter(loaded, adapter: str, *, merge: bool = False):
     """
     from headgame.models.hashing import files_sha256
     from headgame.models.layout import HeadLayout
-    from headgame.models.load import LoadedModel
+    from headgame.models.loaded import LoadedModel
 
     path = Path(adapter).expanduser()
     model, desc = apply_adapter(loaded.model, str(path), merge=merge, model_name=str(loaded.info.get("spec")))

@@ -9,6 +9,7 @@ one module per family), so adding an architecture means adding one family module
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -22,11 +23,13 @@ if TYPE_CHECKING:
     from torch import nn
 
 
-def _unwrap_peft(model: "nn.Module") -> "nn.Module":
-    """A peft ``PeftModel`` keeps the transformers model at ``base_model.model``."""
-    inner = getattr(getattr(model, "base_model", None), "model", None)
-    if inner is not None and type(model).__name__.startswith("Peft"):
-        return inner
+def unwrap_peft(model: "nn.Module") -> "nn.Module":
+    """The transformers model inside a peft wrapper (adapter layers stay in place and active);
+    any other model unchanged. A model can only be a ``PeftModel`` once peft is imported, so
+    this never imports peft itself."""
+    peft = sys.modules.get("peft")
+    if peft is not None and isinstance(model, peft.PeftModel):
+        return model.get_base_model()
     return model
 
 
@@ -52,7 +55,7 @@ class HeadLayout:
     # ----------------------------------------------------------------- construction
     @classmethod
     def from_model(cls, model: "nn.Module") -> "HeadLayout":
-        base = _unwrap_peft(model)
+        base = unwrap_peft(model)
         config = getattr(base, "config", None)
         if config is None:
             raise HeadgameError(
@@ -111,7 +114,7 @@ class HeadLayout:
 
     # ----------------------------------------------------------------- module access
     def blocks(self, model: "nn.Module") -> list["nn.Module"]:
-        return list(get_path(_unwrap_peft(model), self.layer_path))
+        return list(get_path(unwrap_peft(model), self.layer_path))
 
     def check_layer(self, layer: int) -> int:
         if not 0 <= layer < self.n_layers:

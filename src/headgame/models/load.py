@@ -24,6 +24,7 @@ from typing import Any
 
 from headgame.errors import HeadgameError
 from headgame.io import AtomicDir, write_json_atomic
+from headgame.models.loaded import LoadedModel
 from headgame.models.hashing import cache_root, file_sha256, files_sha256, tensors_sha256
 from headgame.models.families import family_for_model_type, supported_model_types
 from headgame.models.layout import HeadLayout
@@ -63,19 +64,6 @@ PACKAGED: dict[str, PackagedModel] = {
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
     ),
 }
-
-
-@dataclass
-class LoadedModel:
-    """What :func:`load_model` returns; unpacks as ``model, tokenizer, layout = ...``."""
-
-    model: Any
-    tokenizer: Any
-    layout: HeadLayout
-    info: dict = field(default_factory=dict)
-
-    def __iter__(self):
-        return iter((self.model, self.tokenizer, self.layout))
 
 
 def _package_dir(module: str, name: str, pip: str) -> Path:
@@ -237,7 +225,10 @@ def load_model(
     trust_remote_code: bool = False,
     attn_implementation: str = "sdpa",
 ) -> LoadedModel:
-    """Resolve ``spec`` to a :class:`LoadedModel` (unpacks to model, tokenizer, layout)."""
+    """Resolve ``spec`` to a :class:`LoadedModel` (unpacks to model, tokenizer, layout).
+
+    ``spec``: a packaged name, a tiny-* test model, a .gguf file, a model folder (also a pruned
+    model folder written by ``headgame prune``), or a Hugging Face hub id."""
     import torch
 
     from headgame.models.tiny import TINY_BUILDERS
@@ -263,6 +254,10 @@ def load_model(
             raise HeadgameError(f"GGUF file {path} not found; check the path")
         return _load_gguf(path.resolve(), dtype=torch_dtype, attn=attn, spec=spec, t0=t0)
     if path.is_dir():
+        from headgame.models.surgery import PRUNING_FILE, load_pruned
+
+        if (path / PRUNING_FILE).is_file():  # a folder written by headgame prune
+            return load_pruned(path, dtype=dtype, attn_implementation=attn)
         return _load_dir(path.resolve(), dtype=torch_dtype, trust_remote_code=trust_remote_code, attn=attn, spec=spec, t0=t0)
     if path.exists():
         raise HeadgameError(f"--model {spec} is a file but not a .gguf; pass a model folder, a .gguf file or a packaged name")

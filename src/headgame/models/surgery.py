@@ -40,7 +40,7 @@ from headgame.models.families.slicing import HeadGatherLinear
 from headgame.models.layout import HeadLayout
 
 __all__ = [
-    "CONFIG_KEY", "PRUNING_FILE", "HeadGatherLinear", "PruningRecord", "head_counts", "is_pruned", "load_any",
+    "CONFIG_KEY", "PRUNING_FILE", "HeadGatherLinear", "PruningRecord", "head_counts", "is_pruned",
     "load_pruned", "plan_pruning", "prune_heads", "pruned_copy", "pruning_record", "read_record", "save_pruned",
     "zero_gates",
 ]
@@ -303,7 +303,7 @@ def load_pruned(path: str | Path, *, dtype: "str | torch.dtype" = "float32", att
     from safetensors.torch import load_file
 
     from headgame.models.hashing import files_sha256
-    from headgame.models.load import LoadedModel
+    from headgame.models.loaded import LoadedModel
 
     t0 = time.perf_counter()
     path = Path(path)
@@ -358,13 +358,3 @@ def load_pruned(path: str | Path, *, dtype: "str | torch.dtype" = "float32", att
     layout = HeadLayout.from_model(model)
     info["layout"] = layout.describe()
     return LoadedModel(model, tokenizer, layout, info)
-
-
-def load_any(spec: str, *, dtype: str = "float32", attn_implementation: str = "sdpa", trust_remote_code: bool = False):
-    """``load_model`` that also understands folders written by :func:`save_pruned`."""
-    from headgame.models.load import load_model
-
-    p = Path(spec).expanduser()
-    if p.is_dir() and (p / PRUNING_FILE).is_file():
-        return load_pruned(p, dtype=dtype, attn_implementation=attn_implementation)
-    return load_model(spec, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)

@@ -32,15 +32,9 @@ from torch import nn
 
 from headgame.errors import HeadgameError
 from headgame.models.families import family_for_model_type
-from headgame.models.layout import HeadLayout
+from headgame.models.layout import HeadLayout, unwrap_peft
 
 TokenCallback = Callable[[int, torch.Tensor], None]
-
-
-def _attn_owner(model: nn.Module) -> nn.Module:
-    """The module whose config names the attention implementation (the inner model of a peft wrapper)."""
-    inner = getattr(getattr(model, "base_model", None), "model", None)
-    return inner if inner is not None and type(model).__name__.startswith("Peft") else model
 
 
 def _set_attn(owner: nn.Module, impl: str) -> None:
@@ -61,7 +55,7 @@ def eager_attention(model: nn.Module) -> Iterator[None]:
     SDPA and flash kernels never materialise the attention weights; the argmax tap, attention
     maps and FlopCounterMode (which counts SDPA as 0 FLOPs on CPU) need the eager path.
     """
-    owner = _attn_owner(model)
+    owner = unwrap_peft(model)
     prev = getattr(owner.config, "_attn_implementation", None)
     if prev != "eager":
         _set_attn(owner, "eager")

@@ -10,7 +10,6 @@ pruned model of the primary criterion in ``OUT/model``.
 
 from __future__ import annotations
 
-import datetime as _dt
 import math
 import statistics
 import time
@@ -21,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from headgame.version import __version__
 from headgame.errors import HeadgameError
+from headgame.runs import check_writable, progress_bar, provenance
 from headgame.prune.config import PruneConfig
 from headgame.prune.criteria import Criterion, ScoreContext, get_criterion
 from headgame.prune.report import flat_metrics, write_prune_outputs
@@ -104,8 +103,6 @@ def fit_positions(cfg: PruneConfig, max_positions: int | None, notes: dict[str, 
 
 def run_prune(cfg: PruneConfig, *, progress: bool = True, console: Any = None) -> dict[str, Any]:
     """Run ``headgame prune`` end to end; returns the dict written to ``pruning.json``."""
-    from headgame.runs import check_writable
-    from headgame.system import package_versions
     from headgame.data.texts import load_sequences, resolve_source
     from headgame.fep.run import analyse_symbols
     from headgame.info.analysis import InfoOptions
@@ -113,7 +110,8 @@ def run_prune(cfg: PruneConfig, *, progress: bool = True, console: Any = None) -
     from headgame.measure.perplexity import perplexity
     from headgame.measure.select import budget, select_heads
     from headgame.measure.symbols import collect_symbols
-    from headgame.models.surgery import load_any, pruned_copy, save_pruned
+    from headgame.models.load import load_model
+    from headgame.models.surgery import pruned_copy, save_pruned
     from headgame.prune import cost
 
     out = Path(cfg.out)
@@ -121,7 +119,7 @@ def run_prune(cfg: PruneConfig, *, progress: bool = True, console: Any = None) -
     t_start = time.perf_counter()
     timing: dict[str, float] = {}
     notes: dict[str, str] = {}
-    loaded = load_any(cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+    loaded = load_model(cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
     model, tok, layout = loaded
     if loaded.info.get("kind") == "pruned":
         raise HeadgameError(f"{cfg.model} is already pruned; prune the original model")
@@ -140,7 +138,7 @@ def run_prune(cfg: PruneConfig, *, progress: bool = True, console: Any = None) -
     score_seqs = load_sequences(source, tok, max_tokens=cfg.score_tokens, **load) if needs_info else None
     loss_seqs = load_sequences(source, tok, max_tokens=cfg.loss_tokens, **load) if needs_loss else None
 
-    bar = _progress(progress, console)
+    bar = progress_bar(progress, console, eta=False)
     tasks: dict[str, Any] = {}
 
     def step(name: str, done: int, total: int) -> None:
@@ -298,10 +296,7 @@ def run_prune(cfg: PruneConfig, *, progress: bool = True, console: Any = None) -
         saved = str(save_pruned(pv.model, tok, out / "model", extra={"criterion": primary, "fraction": cfg.fraction,
                                                                       "per_layer": cfg.per_layer, "source_model": cfg.model}))
     result: dict[str, Any] = {
-        "headgame_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "config": cfg.to_dict(),
-        "versions": package_versions(),
+        **provenance(cfg),
         "model": {"spec": cfg.model, **layout.describe(), "hash": loaded.info.get("hash"), "n_heads_total": n_total},
         "device": device_info(cfg.dtype),
         "budget": {"fraction": cfg.fraction, "per_layer": cfg.per_layer,
@@ -341,10 +336,3 @@ def run_prune(cfg: PruneConfig, *, progress: bool = True, console: Any = None) -
         head_scores.setdefault("ablation", ablation)
     write_prune_outputs(result, head_scores, out, config_yaml=cfg.to_yaml())
     return result
-
-
-def _progress(enabled: bool, console: Any):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, disable=not enabled, transient=False)
