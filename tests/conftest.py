@@ -30,3 +30,33 @@ def random_batch(vocab: int, batch: int = 2, seq: int = 12, seed: int = 0, pad_l
         mask[-1, seq - pad_last:] = 0
         ids[-1, seq - pad_last:] = 256  # <pad>
     return ids, mask
+
+
+def logits(model, ids, mask, gates=None, layout=None):
+    """Logits without gradients, optionally with HeadTap head gates."""
+    from headgame.models.tap import HeadTap
+
+    with torch.no_grad():
+        if gates is None:
+            return model(input_ids=ids, attention_mask=mask).logits
+        with HeadTap(model, layout, gates=gates):
+            return model(input_ids=ids, attention_mask=mask).logits
+
+
+def heads_and_projections(model, layout, run):
+    """Per-head outputs HeadTap captured and each layer's o_proj output during ``run(tap)``,
+    the latter read by a test-local forward hook, independent of HeadTap."""
+    from headgame.models.tap import HeadTap
+
+    proj_out = {}
+    handles = [
+        layout.o_proj(model, l).register_forward_hook(lambda m, a, o, l=l: proj_out.__setitem__(l, o.detach()))
+        for l in range(layout.n_layers)
+    ]
+    try:
+        with HeadTap(model, layout, outputs=True) as tap, torch.no_grad():
+            run(tap)
+    finally:
+        for h in handles:
+            h.remove()
+    return tap.outputs, proj_out

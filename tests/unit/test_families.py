@@ -22,7 +22,7 @@ from headgame.models.load import LoadedModel
 from headgame.models.surgery import head_counts, load_pruned, pruned_copy, save_pruned, zero_gates
 from headgame.models.tap import HeadTap
 from headgame.models.tiny import byte_tokenizer, tiny_model
-from tests.conftest import random_batch
+from tests.conftest import heads_and_projections, logits, random_batch
 
 # name -> (tiny model, config overrides, KV heads of the unpruned model)
 VARIANTS = {
@@ -52,14 +52,6 @@ def build(variant: str) -> LoadedModel:
     name, overrides, _ = VARIANTS[variant]
     model = tiny_model(name, **overrides)
     return LoadedModel(model, byte_tokenizer(), HeadLayout.from_model(model), {})
-
-
-def logits(model, ids, mask, gates=None, layout=None):
-    with torch.no_grad():
-        if gates is None:
-            return model(input_ids=ids, attention_mask=mask).logits
-        with HeadTap(model, layout, gates=gates):
-            return model(input_ids=ids, attention_mask=mask).logits
 
 
 def expected_counts(removed: dict[int, list[int]], n_kv: int) -> list[tuple[int, int]]:
@@ -117,20 +109,10 @@ def test_layout_geometry(variant):
 def test_heads_times_slices_sum_to_output_projection(variant):
     model, _, layout = build(variant)
     ids, mask = random_batch(model.config.vocab_size, pad_last=3)
-    proj_out = {}
-    handles = [
-        layout.o_proj(model, l).register_forward_hook(lambda m, a, o, l=l: proj_out.__setitem__(l, o.detach()))
-        for l in range(layout.n_layers)
-    ]
-    try:
-        with HeadTap(model, layout, outputs=True) as tap, torch.no_grad():
-            model(input_ids=ids, attention_mask=mask)
-    finally:
-        for h in handles:
-            h.remove()
+    outputs, proj_out = heads_and_projections(model, layout, lambda tap: model(input_ids=ids, attention_mask=mask))
     dh = layout.head_dim
     for layer in range(layout.n_layers):
-        o = tap.outputs[layer]  # [B, T, H, dh]
+        o = outputs[layer]  # [B, T, H, dh]
         assert o.shape == (*ids.shape, 4, dh)
         proj = layout.o_proj(model, layer)
         slices = layout.head_slices(model, layer)  # [H, d, dh]

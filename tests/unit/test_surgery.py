@@ -20,7 +20,7 @@ from headgame.models.surgery import (
 )
 from headgame.models.tap import HeadTap
 
-from tests.conftest import random_batch
+from tests.conftest import logits, random_batch
 
 # tiny models: 2 layers x 4 heads (llama/qwen2: 2 KV heads, groups {0,1} and {2,3})
 PATTERNS = {
@@ -28,14 +28,6 @@ PATTERNS = {
     "whole_group": {0: [0, 1], 1: [3]},  # layer 0 loses KV head 0
     "uniform": {0: [0, 2], 1: [1, 3]},  # one head per group everywhere: a plain smaller model
 }
-
-
-def logits(model, ids, mask, gates=None, layout=None):
-    with torch.no_grad():
-        if gates is None:
-            return model(input_ids=ids, attention_mask=mask).logits
-        with HeadTap(model, layout, gates=gates):
-            return model(input_ids=ids, attention_mask=mask).logits
 
 
 @pytest.mark.parametrize("pattern", list(PATTERNS))

@@ -10,7 +10,7 @@ import torch
 from headgame.errors import HeadgameError
 from headgame.models.objective import Objective
 from headgame.models.tap import HeadTap, activation_gradients, eager_attention
-from tests.conftest import random_batch
+from tests.conftest import heads_and_projections, random_batch
 
 
 def _forward(loaded, ids, mask):
@@ -20,20 +20,9 @@ def _forward(loaded, ids, mask):
 def test_heads_times_slices_sum_to_attention_output(tiny):
     model, _, layout = tiny
     ids, mask = random_batch(model.config.vocab_size)
-    proj_out = {}
-    handles = [
-        layout.o_proj(model, l).register_forward_hook(lambda m, a, o, l=l: proj_out.__setitem__(l, o.detach()))
-        for l in range(layout.n_layers)
-    ]
-    try:
-        with HeadTap(model, layout, outputs=True) as tap, torch.no_grad():
-            tap.set_mask(mask)
-            _forward(tiny, ids, mask)
-    finally:
-        for h in handles:
-            h.remove()
+    outputs, proj_out = heads_and_projections(model, layout, lambda tap: (tap.set_mask(mask), _forward(tiny, ids, mask)))
     for layer in range(layout.n_layers):
-        o = tap.outputs[layer]  # [B, T, H, dh]
+        o = outputs[layer]  # [B, T, H, dh]
         assert o.shape == (*ids.shape, layout.n_heads, layout.head_dim)
         w = layout.head_slices(model, layer)  # [H, d, dh]
         recon = torch.einsum("bthd,hmd->btm", o, w)
