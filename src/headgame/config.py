@@ -67,3 +67,11 @@ def check_choice(value: Any, flag: str, valid: tuple[str, ...] | list[str]) -> N
 def check_dtype(value: Any) -> None:
     if value not in DTYPES:
         raise HeadgameError(f"--dtype {value} is not supported; use float32, bfloat16 or float16")
+
+
+def torch_dtype(name: str):
+    """The torch dtype called ``name`` (one of :data:`DTYPES`)."""
+    check_dtype(name)
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]

@@ -229,14 +229,11 @@ def load_model(
 
     ``spec``: a packaged name, a tiny-* test model, a .gguf file, a model folder (also a pruned
     model folder written by ``headgame prune``), or a Hugging Face hub id."""
-    import torch
-
+    from headgame.config import torch_dtype as to_torch_dtype
     from headgame.models.tiny import TINY_BUILDERS
 
     t0 = time.perf_counter()
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
-    if torch_dtype is None:
-        raise HeadgameError(f"unknown dtype '{dtype}'; use float32, bfloat16 or float16")
+    torch_dtype = to_torch_dtype(dtype)
     attn = attn_implementation
     if spec in TINY_BUILDERS:
         return _load_tiny(spec, attn=attn, t0=t0)

@@ -313,10 +313,9 @@ def load_pruned(path: str | Path, *, dtype: "str | torch.dtype" = "float32", att
     weights = sorted(path.glob("*.safetensors"))
     if not weights:
         raise HeadgameError(f"no .safetensors weights in {path}; re-save the pruned model with headgame prune")
-    torch_dtype = dtype if isinstance(dtype, torch.dtype) else {
-        "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
-    if torch_dtype is None:
-        raise HeadgameError(f"unknown dtype '{dtype}'; use float32, bfloat16 or float16")
+    from headgame.config import torch_dtype as to_torch_dtype
+
+    torch_dtype = dtype if isinstance(dtype, torch.dtype) else to_torch_dtype(dtype)
     config = transformers.AutoConfig.from_pretrained(path)
     data = getattr(config, CONFIG_KEY, None) or {}
     if hasattr(config, CONFIG_KEY):

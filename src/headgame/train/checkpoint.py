@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from headgame.errors import HeadgameError
+from headgame.runs import check_identity
 from headgame.io import AtomicDir, write_json_atomic
 from headgame.io import load_state as load_run_state
 from headgame.io import save_state as save_run_state
@@ -143,14 +144,11 @@ def restore_trainer(trainer, path: Path) -> Path:
     """Load the checkpoint at ``path`` into a set-up ``trainer`` after checking it is the same run."""
     found = find(path)
     state = load_state(found)
-    mine = trainer.cfg.run_identity()
-    diff = sorted(k for k in set(mine) | set(state["config"]) if mine.get(k) != state["config"].get(k))
-    if state.get("model_hash") != trainer.base_hash:
-        diff.append("base model weights")
+    check_identity(state["config"], trainer.cfg.run_identity(), where=found,
+                   saved_hash=state.get("model_hash"), current_hash=trainer.base_hash)
     if state.get("world_size", 1) != trainer.world:
-        diff.append(f"number of processes ({state.get('world_size')} vs {trainer.world})")
-    if diff:
-        raise HeadgameError(f"cannot resume from {found}: the run differs in {', '.join(diff)}; rerun with the checkpoint's settings or start a new --out")
+        raise HeadgameError(f"cannot resume {found}: it was written by {state.get('world_size')} processes, this run has "
+                            f"{trainer.world}; resume with --nproc_per_node {state.get('world_size')} or start a new --out")
     restore(found, model=trainer.model, optimizer=trainer.optimizer, scheduler=trainer.scheduler, rank=trainer.rank)
     trainer.step = int(state["step"])
     trainer.objective.ema.load_state_dict(state["ema"])
