@@ -11,7 +11,8 @@ arguments) and returning a :class:`~headgame.runs.Result`.
 
 The same settings, defaults and validation as the command line, which is generated from the same
 config dataclasses. ``progress=True`` shows the progress bars; ``resume`` continues an
-interrupted analyze (``True``) or train (a run folder or checkpoint) run.
+interrupted analyze (``True``), fep or prune (``True`` or the run folder) or train (a run folder
+or checkpoint) run.
 """
 
 from __future__ import annotations
@@ -29,6 +30,18 @@ def _config(cls: type, config: Any, fields: dict[str, Any]):
     if not isinstance(config, cls):
         raise HeadgameError(f"expected a {cls.__name__}, got {type(config).__name__}; pass {cls.__name__}(...) or keyword arguments")
     return dataclasses.replace(config, **fields) if fields else config
+
+
+def _resumable_config(cls: type, config: Any, fields: dict[str, Any], resume: Any, state_file: str):
+    """The config of a run that ``resume`` may continue (``True``: the folder ``out``; a path: that
+    folder). Without a config, the interrupted run's settings fill in the fields not given."""
+    if resume and not isinstance(resume, bool):
+        fields = {**fields, "out": str(resume)}
+    if resume and config is None:
+        from headgame.fep.state import resume_config
+
+        return resume_config(cls, fields.get("out", cls.out), state_file, fields)
+    return _config(cls, config, fields)
 
 
 def _console(progress: bool):
@@ -73,22 +86,20 @@ def fep(config: Any = None, /, *, progress: bool = False, resume: Any = None, **
     """``headgame fep``: the GT-FEP information analysis of every layer (FepConfig fields)."""
     from headgame.fep.config import FepConfig
     from headgame.fep.run import run_fep
+    from headgame.fep.state import STATE_FILE
 
-    if resume:
-        raise HeadgameError("headgame fep cannot resume; rerun it")
-    cfg = _config(FepConfig, config, fields)
-    return Result("fep", cfg, run_fep(cfg, progress=progress, console=_console(progress)))
+    cfg = _resumable_config(FepConfig, config, fields, resume, STATE_FILE)
+    return Result("fep", cfg, run_fep(cfg, resume=bool(resume), progress=progress, console=_console(progress)))
 
 
 def prune(config: Any = None, /, *, progress: bool = False, resume: Any = None, **fields: Any) -> Result:
     """``headgame prune``: rank, remove and measure heads (PruneConfig fields)."""
     from headgame.prune.config import PruneConfig
     from headgame.prune.run import run_prune
+    from headgame.prune.state import STATE_FILE
 
-    if resume:
-        raise HeadgameError("headgame prune cannot resume; rerun it")
-    cfg = _config(PruneConfig, config, fields)
-    return Result("prune", cfg, run_prune(cfg, progress=progress, console=_console(progress)))
+    cfg = _resumable_config(PruneConfig, config, fields, resume, STATE_FILE)
+    return Result("prune", cfg, run_prune(cfg, resume=bool(resume), progress=progress, console=_console(progress)))
 
 
 _BY_PACKAGE = {"analyze": analyze, "train": train, "evaluate": evaluate, "fep": fep, "prune": prune}

@@ -46,18 +46,30 @@ def _run_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from headgame.io import read_analysis
+    from headgame.outdir import RunFolder
     from headgame.report import print_summary, write_report
+    from headgame.report.html import REPORT_FILES
+
+    from headgame.config import check_out_path
+    from headgame.models.layout import parse_layers
 
     src = Path(args.analysis)
-    analysis = read_analysis(src)
+    analysis = read_analysis(src)  # a run folder reads the analysis.json inside it
+    if src.is_dir():
+        src = src / "analysis.json"
     heat = None
-    if args.heatmap_layers:
-        try:
-            heat = [int(x) for x in args.heatmap_layers.split(",") if x.strip()]
-        except ValueError:
-            raise HeadgameError(f"--heatmap-layers '{args.heatmap_layers}' is not a comma-separated list of layers; e.g. 0,5,29") from None
+    if args.heatmap_layers is not None:
+        ids = [lay.get("layer", i) for i, lay in enumerate(analysis["layers"])]
+        n_layers = (analysis.get("model") or {}).get("n_layers") or max(ids) + 1
+        heat = parse_layers(args.heatmap_layers, n_layers, flag="--heatmap-layers")
+        missing = [l for l in heat if l not in ids]
+        if missing:
+            raise HeadgameError(f"--heatmap-layers {','.join(map(str, missing))} are not in {src} (its layers: "
+                                f"{','.join(map(str, ids))}); draw layers the analysis holds")
     out = Path(args.out) if args.out else src.parent
-    paths = write_report(analysis, out, heatmap_layers=heat)
+    check_out_path(out)
+    with RunFolder(out, command="report", artefacts=REPORT_FILES, accepts=("analyze",)):
+        paths = write_report(analysis, out, heatmap_layers=heat)
     print_summary(analysis)
     print(f"wrote {paths['report']}")
     return 0
@@ -92,8 +104,16 @@ def _run_models(args: argparse.Namespace) -> int:
 COMMAND_MODULES: tuple[str, ...] = ("headgame.analyze.command", "headgame.train.command", "headgame.evaluate.command", "headgame.fep.command", "headgame.prune.command")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the one-line errors of every other bad input (its own print usage and a line)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        print(f"error: {' '.join(message.split())}; see {self.prog} --help", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="headgame",
         description="Attention heads as players in a game: analyze head coupling in real transformer models.",
     )
@@ -109,7 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a bad flag (already said in one line)
+        return exc.code if isinstance(exc.code, int) else 2
     if args.command is None:
         parser.print_help()
         return 2
@@ -122,7 +145,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted: no output was half-written (rerun with --resume to continue)", file=sys.stderr)
+        if "resume" in vars(args):  # the command was registered with --resume (cliargs.add_run_options)
+            hint = f"continue from the last checkpoint with: headgame {args.command} --resume [DIR] (DIR: the run's --out)"
+        else:
+            hint = f"headgame {args.command} cannot resume: rerun it"
+        print(f"interrupted: no output was half-written; {hint}", file=sys.stderr)
         return 130
 
 

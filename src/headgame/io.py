@@ -69,10 +69,16 @@ def read_result_json(path: str | os.PathLike, *, key: str, kind: type, file: str
 
     path = Path(path)
     fix = f"pass the {file} written by headgame {command}"
+    if path.is_dir():
+        if not (path / file).is_file():
+            raise HeadgameError(f"{path} is a folder without {file}; {fix}")
+        path = path / file
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise HeadgameError(f"{path} not found; {fix}") from None
+    except OSError as exc:
+        raise HeadgameError(f"{path} cannot be read ({exc.strerror or exc}); {fix}") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise HeadgameError(f"{path} is not valid JSON ({exc}); {fix}") from None
     if not isinstance(data, dict) or not isinstance(data.get(key), kind) or not data[key]:
@@ -173,6 +179,12 @@ def save_state(path: str | os.PathLike, state: Any) -> Path:
 
     tensors: dict[str, Any] = {}
     meta = json.dumps(_encode_state(state, tensors), allow_nan=True)
+    seen: set[int] = set()
+    for key, t in tensors.items():  # one array held twice: safetensors stores each tensor's own bytes
+        ptr = t.untyped_storage().data_ptr()
+        if t.numel() and ptr in seen:
+            tensors[key] = t.clone()
+        seen.add(ptr)
     return write_bytes_atomic(path, save(tensors, metadata={"headgame_state": meta}))
 
 

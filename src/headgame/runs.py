@@ -1,8 +1,9 @@
 """The run scaffold every command shares: output-folder check, provenance header, progress bar
 and the identity check behind ``--resume``.
 
-A command's runner calls these in the same order: :func:`check_writable` before any model is
-loaded, :func:`progress_bar` around its loop, :func:`check_identity` when resuming, and
+A command's runner calls these in the same order: it claims ``--out`` before any model is
+loaded (:class:`headgame.outdir.RunFolder`: writable, locked, owned by one command; it calls
+:func:`check_writable`), :func:`progress_bar` around its loop, :func:`check_identity` when resuming, and
 :func:`provenance` at the head of the result JSON. :class:`CommandModule` makes each command
 package callable, the public Python API (:mod:`headgame.api`).
 """
@@ -17,19 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from headgame.errors import HeadgameError
-
-
-def check_writable(out: str | Path) -> Path:
-    """Create ``out`` if needed and prove it is writable (one-line error naming --out otherwise)."""
-    out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".headgame-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise HeadgameError(f"output folder {out} is not writable ({exc.strerror or exc}); choose another --out") from None
-    return out
+from headgame.outdir import check_writable  # noqa: F401  (re-exported: the scaffold's output check)
 
 
 def provenance(cfg: Any) -> dict[str, Any]:

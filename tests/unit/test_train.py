@@ -161,11 +161,12 @@ def test_two_processes_equal_one(tmp_path, corpus):
 
 
 # ------------------------------------------------------------------ bad input
-def _err(capsys, argv):
+def _err(capsys, argv, warnings: int = 0):
     code = main(argv)
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
+    assert code == 2 and len(err) == warnings + 1 and err[-1].startswith("error: "), err
+    assert all(line.startswith("warning: ") for line in err[:-1]), err
+    return err[-1]
 
 
 def _args(corpus, out, *extra):
@@ -178,7 +179,7 @@ def _args(corpus, out, *extra):
     (["--method", "ce", "--no-ldb"], "--no-ldb only apply to --method game-lora"),
     (["--disagreement-lambda", "2"], "--disagreement-lambda only apply to --method disagreement"),
     (["--no-ldb", "--no-abt"], "use --method ce"),
-    (["--design-layers", "5"], "layer 5 is out of range"),
+    (["--design-layers", "5"], "--design-layers 5 is out of range"),
     (["--lambda-abt", "-0.1"], "--lambda-abt must be >= 0"),
     (["--seq-len", "4096"], "exceeds the model's maximum of 128"),
     (["--arbitration", "mgda"], "--arbitration mgda is not valid"),
@@ -201,6 +202,6 @@ def test_resume_with_different_config_is_refused(tmp_path, corpus, capsys):
 
 def test_non_finite_loss_stops_with_last_checkpoint(tmp_path, corpus, capsys):
     msg = _err(capsys, _args(corpus, tmp_path / "o", "--lr", "1e30", "--checkpoint-every", "1", "--schedule", "constant",
-                             "--arbitration", "sum", "--clip", "0"))
+                             "--arbitration", "sum", "--clip", "0"), warnings=1)  # --lr 1e30 is warned about
     assert "non-finite loss at step" in msg and "step-00000" in msg
     assert list((tmp_path / "o" / "checkpoints").glob("step-*"))

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from headgame.config import ConfigMixin, check_dtype, positive_int
+from headgame.config import (DEFAULT_SEQ_LEN, ConfigMixin, check_dtype, check_field_types, check_seed, nonempty, nonneg_int,
+                             positive_int)
 from headgame.errors import HeadgameError
 
 
@@ -23,12 +24,12 @@ class AnalyzeConfig(ConfigMixin):
     """Folder of the public benchmark files (else $HEADGAME_DATA_DIR)."""
     max_tokens: int = 16384
     """Token budget; the corpus is packed into max_tokens // seq_len blocks."""
-    seq_len: int = 256
-    """Tokens per block."""
+    seq_len: int | None = None
+    """Tokens per block (default 256, or the model's maximum positions when that is smaller)."""
     batch_size: int = 4
     """Blocks per forward/backward pass."""
     layers: str = "all"
-    """Layers to analyse: all, 5, 0,3,7 or 10-19."""
+    """Layers to analyse: all, 5, 0,3,7 or 10-19; negative layers count from the end (-1 is the last)."""
     out: str = "analysis-out"
     """Output folder (analysis.json, config.yaml, PNGs, report.html)."""
     redundancy: bool = True
@@ -51,13 +52,26 @@ class AnalyzeConfig(ConfigMixin):
     """Free-form notes recorded with the config."""
 
     def __post_init__(self) -> None:
+        from headgame.models.layout import parse_layers
+
+        check_field_types(self)
+        for name, example in (("model", "smollm2-135m"), ("data", "default"), ("text_field", "text"), ("out", "analysis-out")):
+            nonempty(getattr(self, name), f"--{name.replace('_', '-')}", example)
+        nonempty(self.data_dir, "--data-dir", "DIR", optional=True)
+        nonempty(self.adapter, "--adapter", "DIR", optional=True)
         positive_int(self.max_tokens, "--max-tokens", 16384)
-        positive_int(self.seq_len, "--seq-len", 256)
+        if self.seq_len is not None:
+            positive_int(self.seq_len, "--seq-len", DEFAULT_SEQ_LEN)
+            if self.seq_len < 2:
+                raise HeadgameError("--seq-len must be at least 2 (next-token prediction needs two tokens); pass e.g. --seq-len 256")
         positive_int(self.batch_size, "--batch-size", 4)
-        if self.seq_len < 2:
-            raise HeadgameError("--seq-len must be at least 2 (next-token prediction needs two tokens); pass e.g. --seq-len 256")
-        if self.checkpoint_every < 0:
-            raise HeadgameError(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}; use 0 to disable checkpoints")
+        parse_layers(self.layers)  # the syntax; the layer count is checked once the model is loaded
+        if self.heatmap_layers is not None:
+            parse_layers(self.heatmap_layers, flag="--heatmap-layers")
+        check_seed(self.seed)
         check_dtype(self.dtype)
+        nonneg_int(self.checkpoint_every, "--checkpoint-every", 8, "0 disables checkpoints")
+        if self.merge_adapter and not self.adapter:
+            raise HeadgameError("--merge-adapter needs --adapter DIR; pass the adapter folder to merge, or drop --merge-adapter")
 
     NOT_IDENTITY = frozenset({"out", "checkpoint_every", "extra", "heatmap_layers"})

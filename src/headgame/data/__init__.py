@@ -28,7 +28,7 @@ from headgame.data.corpus import (
 )
 from headgame.data.datadir import DATA_DIR_ENV, data_file, resolve_data_dir
 from headgame.data.packing import Blocks, iter_batches, load_blocks, pack_blocks
-from headgame.data.sources import iter_texts, no_text_error
+from headgame.data.sources import check_source, iter_texts, no_text_error
 
 __all__ = [
     "CORPUS_DESCRIPTION",
@@ -37,6 +37,7 @@ __all__ = [
     "DATA_DIR_ENV",
     "INSTALL_COMMAND",
     "Blocks",
+    "check_source",
     "data_file",
     "default_corpus_files",
     "gutenberg_dir",

@@ -97,14 +97,7 @@ def _resolve(
     if source == "gutenberg":
         return _iter_paths(_folder_files(gutenberg_dir(data_dir)), text_field)
     if source.startswith("data:"):
-        root = resolve_data_dir(data_dir)
-        path = root / source[len("data:") :]
-        if not path.exists():
-            raise HeadgameError(
-                f"data source {source} not found (looked for {path}); pass a path relative "
-                "to the data directory"
-            )
-        return _iter_paths(_path_files(path), text_field)
+        return _iter_paths(_path_files(data_path(source, data_dir)), text_field)
     if source.startswith("hf:"):
         return _iter_rows(load_hf_dataset(source, text_field), source, text_field)
     path = Path(source).expanduser()
@@ -114,6 +107,38 @@ def _resolve(
             "'default', or hf:NAME"
         )
     return _iter_paths(_path_files(path), text_field)
+
+
+def check_source(source: str, *, text_field: str = "text", data_dir: str | os.PathLike[str] | None = None) -> None:
+    """Resolve ``source`` without reading a document: a missing file, an empty folder, a
+    ``data:`` path outside the data directory or a missing package fail here, before a command
+    loads its model. Hub datasets are only checked when they are read."""
+    if not isinstance(source, str) or not source.strip():
+        raise HeadgameError(f"--data must not be empty, got {source!r}; pass e.g. --data default")
+    if source.startswith("hf:"):
+        return
+    _resolve(source, text_field, data_dir)  # a lazy stream: nothing is read yet
+
+
+def data_path(source: str, data_dir: str | os.PathLike[str] | None) -> Path:
+    """The file or folder of a ``data:RELPATH`` source, which must stay inside the data directory."""
+    root = resolve_data_dir(data_dir)
+    rel = source[len("data:") :]
+    if not rel.strip():
+        raise HeadgameError(f"data source {source} names no path; pass data:RELPATH, e.g. data:corpus/gutenberg")
+    path = root / rel
+    inside = root.resolve()
+    if Path(rel).is_absolute() or not path.resolve().is_relative_to(inside):
+        raise HeadgameError(
+            f"data source {source} resolves outside the data directory {root}; pass a path inside it, "
+            "or the file itself without data:"
+        )
+    if not path.exists():
+        raise HeadgameError(
+            f"data source {source} not found (looked for {path}); pass a path relative "
+            "to the data directory"
+        )
+    return path
 
 
 # --------------------------------------------------------------------------- files

@@ -170,6 +170,17 @@ def resolve_source(data: str, data_dir: str | None) -> str:
     return data
 
 
+def check_sequence_source(source: str, *, text_field: str = "text", data_dir: str | None = None) -> None:
+    """The checks of :func:`load_sequences`'s inputs that need no tokenizer: a missing GSM8K file or
+    text source fails here, before the model is loaded (``source`` as :func:`resolve_source` gives it)."""
+    from headgame.data.sources import check_source
+
+    if source == "gsm8k":
+        data_file(GSM8K_TEST, data_dir)
+    else:
+        check_source(source, text_field=text_field, data_dir=data_dir)
+
+
 def load_sequences(
     source: str,
     tokenizer: Any,

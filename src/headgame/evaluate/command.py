@@ -74,10 +74,10 @@ def _with_progress(cfg: EvalConfig, console, say) -> dict:
     from headgame.evaluate.runner import run_eval
     from headgame.runs import progress_bar
 
-    with progress_bar(True, console) as bar:
+    with progress_bar(True, console, fields="{task.fields[live]}") as bar:
         def make(kind: str, total: int):
-            tid = bar.add_task(f"{kind} requests", total=total)
-            return lambda done: bar.update(tid, completed=done)
+            tid = bar.add_task(f"{kind} requests", total=total, live="")
+            return lambda done, live="": bar.update(tid, completed=done, live=live)
 
         return run_eval(cfg, say=say, progress=make)
 
@@ -96,19 +96,21 @@ def print_scores(result: dict) -> None:
     Console().print(table)
 
 
+COMPARE_ARTEFACTS = ("compare.md", "compare.html", "compare.json", "config.yaml", "compare_config.yaml")
+"""What ``eval --compare`` writes into --out (its own folder, or beside the METHOD eval run)."""
+
+
 def run_compare(args: argparse.Namespace) -> int:
-    from headgame.evaluate.compare import compare, load_eval, to_html, to_json, to_markdown
-    from headgame.io import write_json_atomic, write_text_atomic
+    from headgame.evaluate.compare import compare, load_eval, to_markdown, write_outputs
+    from headgame.outdir import RunFolder
 
     base, method = (load_eval(p) for p in args.compare)
     result = compare(base, method)
     if not result["rows"]:
         raise HeadgameError(f"{args.compare[0]} and {args.compare[1]} share no task; compare runs of the same tasks")
-    md = to_markdown(result)
-    print(md, end="")
+    print(to_markdown(result), end="")
     out = Path(args.out) if getattr(args, "out", None) else Path(args.compare[1]).parent
-    write_text_atomic(out / "compare.md", md)
-    write_text_atomic(out / "compare.html", to_html(result))
-    write_json_atomic(out / "compare.json", to_json(result))
+    with RunFolder(out, command="eval --compare", artefacts=COMPARE_ARTEFACTS, accepts=("eval",)):
+        write_outputs(result, out, (args.compare[0], args.compare[1]))
     print(f"wrote {out / 'compare.md'} and {out / 'compare.html'}")
     return 0

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
-from headgame.config import ConfigMixin, check_choice, check_dtype, positive_int
+from headgame.config import (ConfigMixin, check_choice, check_dtype, check_field_types, check_seed, in_range, nonempty,
+                             nonneg_int, positive_int, warn)
 from headgame.errors import HeadgameError
 
 _DEFAULTS = {"n_items": 1024, "batch_tokens": 2048, "gen_batch": 16}
+_DOLA_LIST = re.compile(r"\s*\d+\s*(,\s*\d+\s*)*")
 
 
 @dataclass
@@ -68,24 +71,41 @@ class EvalConfig(ConfigMixin):
     """Output folder (eval.json, config.yaml)."""
 
     def __post_init__(self) -> None:
+        from headgame.evaluate.decoding import DECODING
+
+        check_field_types(self)
+        for name, example in (("model", "smollm2-135m"), ("out", "eval-out")):
+            nonempty(getattr(self, name), f"--{name}", example)
+        nonempty(self.adapter, "--adapter", "DIR", optional=True)
+        nonempty(self.data_dir, "--data-dir", "DIR", optional=True)
         if self.limit is not None and (not isinstance(self.limit, int) or self.limit <= 0):
             raise HeadgameError(f"--limit must be a positive number of items, got {self.limit}; pass e.g. --limit 50, or leave it out for N = {self.n_items}")
         for name, flag in (("n_items", "--n-items"), ("batch_tokens", "--batch-tokens"), ("gen_batch", "--gen-batch")):
             positive_int(getattr(self, name), flag, _DEFAULTS[name])
+        if self.limit is not None and self.limit > self.n_items:
+            warn(f"--limit {self.limit} is above --n-items {self.n_items}: at most {self.n_items} items per task are evaluated")
+        check_seed(self.seed)
         if self.max_length is not None and self.max_length < 8:
             raise HeadgameError(f"--max-length {self.max_length} is too short; pass at least 8 tokens (default: the model's maximum, at most 2048)")
         if self.max_new_tokens is not None and self.max_new_tokens <= 0:
             raise HeadgameError(f"--max-new-tokens must be positive, got {self.max_new_tokens}; pass e.g. --max-new-tokens 32")
         if self.mmlu_shots < 0 or self.mmlu_shots > 5:
-            raise HeadgameError(f"--mmlu-shots must be 0..5 (the dev split has five questions per subject), got {self.mmlu_shots}")
+            raise HeadgameError(f"--mmlu-shots must be 0..5 (the dev split has five questions per subject), got {self.mmlu_shots}; pass e.g. --mmlu-shots 5")
         check_dtype(self.dtype)
         check_choice(self.truthfulqa_version, "--truthfulqa-version", ("v0", "v1", "2025"))
         if self.merge_adapter and not self.adapter:
             raise HeadgameError("--merge-adapter needs --adapter DIR; pass the adapter folder to merge")
         if self.truthfulqa_mc2_rule not in ("lm-eval", "labels"):
             raise HeadgameError(f"--truthfulqa-mc2-rule {self.truthfulqa_mc2_rule} is unknown; use lm-eval (the default) or labels")
-        if not 0 <= self.relative_top < 1:
-            raise HeadgameError(f"--relative-top must be in [0, 1), got {self.relative_top}; the papers use 0.1")
+        DECODING.get(self.decoding)  # unknown method: one line with the valid ones
+        in_range(self.cad_alpha, "--cad-alpha", 0, example=0.5, why="CAD's contrast weight; 0 is plain greedy")
+        in_range(self.actdec_alpha, "--actdec-alpha", 0, example=0.5, why="ActDec's entropy weight; 0 is plain greedy")
+        in_range(self.relative_top, "--relative-top", 0, 1, hi_open=True, example=0.1, why="a share of the top probability; 0 disables, the papers use 0.1")
+        if self.dola_layers not in ("low", "high") and not _DOLA_LIST.fullmatch(self.dola_layers):
+            raise HeadgameError(f"--dola-layers '{self.dola_layers}' is not understood; use low, high or a list like 2,4,6")
+        if self.actdec_layer is not None:
+            nonneg_int(self.actdec_layer, "--actdec-layer", 24)  # its range is checked once the model is loaded
+        self.task_names()  # unknown or empty --tasks: one line with the valid names, before any model is loaded
 
     def task_names(self) -> list[str]:
         from headgame.evaluate.tasks import TASKS

@@ -63,7 +63,7 @@ def generate(scorer: "HFScorer", requests: Sequence[GenerateRequest], progress: 
                 outputs[i] = text
             done += len(idx)
             if progress is not None:
-                progress(done)
+                progress(done, {i: outputs[i] for i in idx})
     return outputs
 
 

@@ -19,8 +19,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-Progress = Callable[[int], None]
-"""Progress callback of the model protocol: called with the number of requests done so far."""
+Progress = Callable[..., None]
+"""Progress callback of the model protocol: ``progress(done)`` with the number of requests done so
+far, or ``progress(done, finished)`` with the answers of this batch too (request index -> result),
+from which the progress bar shows a running score."""
 
 
 @dataclass(frozen=True)

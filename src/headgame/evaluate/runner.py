@@ -16,12 +16,16 @@ from typing import Any
 from headgame.system import package_versions
 from headgame.errors import HeadgameError
 from headgame.evaluate.config import EvalConfig
+from headgame.evaluate.live import LiveScores
 from headgame.evaluate.requests import GenerateRequest, LanguageModel, LoglikelihoodRequest, RollingRequest
 from headgame.evaluate.stats import stderr
 from headgame.evaluate.tasks import TASKS, Task, TaskOptions, sample_indices
 from headgame.io import write_json_atomic, write_text_atomic
+from headgame.outdir import claims_out
 
 FORMAT = "headgame-eval/1"
+ARTEFACTS = ("eval.json", "config.yaml")
+"""What ``headgame eval`` writes into --out (the main result first); a fresh run clears them."""
 Say = Callable[[str], None]
 
 
@@ -34,10 +38,15 @@ def load_for_eval(cfg: EvalConfig, say: Say = print) -> tuple[Any, Any, dict]:
         raise HeadgameError(f"--model {cfg.model} is not a causal language model ({loaded.layout.architecture}); headgame eval needs a decoder-only model such as smollm2-135m")
     info = {k: v for k, v in loaded.info.items() if k in ("spec", "source", "kind", "hash", "package", "layout")}
     info["max_positions"] = loaded.layout.max_positions
+    from headgame.models.identity import base_of
+
+    if (base := base_of(loaded.info)) is not None:
+        info["base"] = base  # a merged model: the base it was trained from
     if cfg.adapter:
         from headgame.models.adapters import apply_adapter
 
-        model, info["adapter"] = apply_adapter(model, cfg.adapter, merge=cfg.merge_adapter, model_name=cfg.model)
+        model, info["adapter"] = apply_adapter(model, cfg.adapter, merge=cfg.merge_adapter, model_name=cfg.model,
+                                               model_hash=loaded.info.get("hash"))
     return model, tokenizer, info
 
 
@@ -70,8 +79,11 @@ _KINDS: tuple[tuple[str, type, str], ...] = (
 )
 
 
-def run_tasks(cfg: EvalConfig, lm: LanguageModel, *, say: Say = print, progress: Callable[[str, int], Callable[[int], None]] | None = None) -> dict:
-    """Score every task of ``cfg`` with ``lm``; returns the ``tasks`` part of eval.json."""
+def run_tasks(cfg: EvalConfig, lm: LanguageModel, *, say: Say = print, progress: Callable[[str, int], Callable[[int, str], None]] | None = None) -> dict:
+    """Score every task of ``cfg`` with ``lm``; returns the ``tasks`` part of eval.json.
+
+    ``progress(kind, n_requests)`` returns ``update(done, live_text)`` for one request kind; the
+    text is items/s and the running score of the task being finished (:mod:`headgame.evaluate.live`)."""
     options = TaskOptions(data_dir=cfg.data_dir, seed=cfg.seed, mmlu_shots=cfg.mmlu_shots,
                           truthfulqa_version=cfg.truthfulqa_version, max_new_tokens=cfg.max_new_tokens,
                           truthfulqa_mc2_rule=cfg.truthfulqa_mc2_rule)
@@ -88,15 +100,26 @@ def run_tasks(cfg: EvalConfig, lm: LanguageModel, *, say: Say = print, progress:
         chosen[name] = (ids, picked, [task.requests(d) for d in picked])
     answers: dict[Any, Any] = {}
     timing: dict[str, dict] = {}
+    live = LiveScores(tasks, chosen) if progress else None  # the bar's running score; never feeds results
     for kind, cls, method in _KINDS:
         unique = list(dict.fromkeys(r for _, _, reqs in chosen.values() for rs in reqs for r in rs if isinstance(r, cls)))
         if not unique:
             continue
         t0 = time.perf_counter()
-        bar = progress(kind, len(unique)) if progress else None
-        results = getattr(lm, method)(unique, bar) if bar is not None and _accepts_progress(lm, method) else getattr(lm, method)(unique)
+        bar = tick = None
+        if progress and live is not None:
+            bar = progress(kind, len(unique))
+            live.start()
+
+            def tick(done: int, finished: dict[int, Any] | None = None, bar=bar, unique=unique) -> None:
+                live.add({unique[i]: r for i, r in (finished or {}).items()})
+                bar(done, live.text())
+        results = getattr(lm, method)(unique, tick) if tick is not None and _accepts_progress(lm, method) else getattr(lm, method)(unique)
         timing[kind] = {"requests": len(unique), "seconds": round(time.perf_counter() - t0, 3)}
         answers.update(zip(unique, results))
+        if bar is not None and live is not None:
+            live.add(dict(zip(unique, results)))
+            bar(len(unique), live.text())
     out: dict[str, dict] = {}
     for name, task in tasks.items():
         ids, picked, reqs = chosen[name]
@@ -128,22 +151,37 @@ def _accepts_progress(lm: Any, method: str) -> bool:
         return False
 
 
-def run_eval(cfg: EvalConfig, *, say: Say = print, progress: Callable[[str, int], Callable[[int], None]] | None = None,
+def run_eval(cfg: EvalConfig, *, say: Say = print, progress: Callable[[str, int], Callable[[int, str], None]] | None = None,
              lm: LanguageModel | None = None, write: bool = True) -> dict:
-    """The whole command: returns the eval.json dict (also written to ``cfg.out``)."""
-    cfg.task_names()  # unknown task names fail before the model loads
+    """The whole command: returns the eval.json dict (also written to ``cfg.out``).
+
+    The inputs are checked first (EvalConfig, then --out, the model, the adapter and the decoding
+    method against it, nothing written); only then is --out claimed (``claims_out`` decorates
+    :func:`_eval`), so a bad input leaves no trace."""
+    from headgame.config import check_out_path
+
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     notes: list[str] = []
     model_info: dict = {"spec": cfg.model}
-    decoding: dict = {"name": cfg.decoding}
     scorer = None
+    if write:
+        check_out_path(cfg.out)
     if lm is None:
         model, tokenizer, model_info = load_for_eval(cfg, say)
         scorer = lm = build_scorer(cfg, model, tokenizer, model_info, notes, say)
-        decoding = scorer.method.describe()
         model_info["max_length"] = scorer.cfg.max_length
         model_info["chat_template"] = scorer.tokens.chat
+    return _eval(cfg, lm, scorer, model_info, notes, started, t0, say=say, progress=progress, write=write)
+
+
+run_eval.artefacts = ARTEFACTS  # type: ignore[attr-defined]
+
+
+@claims_out("eval", ARTEFACTS)
+def _eval(cfg: EvalConfig, lm: LanguageModel, scorer: Any, model_info: dict, notes: list[str], started: str, t0: float, *,
+          say: Say, progress: Any, write: bool) -> dict:
+    decoding = scorer.method.describe() if scorer is not None else {"name": cfg.decoding}
     body = run_tasks(cfg, lm, say=say, progress=progress)
     result = {
         "format": FORMAT, "model": model_info, "decoding": decoding, "config": cfg.to_dict(),

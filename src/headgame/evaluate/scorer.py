@@ -144,7 +144,11 @@ class HFScorer:
     @torch.inference_mode()
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest], progress: Progress | None = None) -> list[LoglikelihoodResult]:
         units = [self._unit(i, r) for i, r in enumerate(requests)]
-        scored = self._score_units(units, progress)
+        tick = None
+        if progress is not None:  # each chunk's answers go with the count (the bar's running score)
+            def tick(done: int, chunk: list[tuple[Unit, tuple[float, bool]]]) -> None:
+                progress(done, {u.index: LoglikelihoodResult(lp, greedy, len(u.targets)) for u, (lp, greedy) in chunk})
+        scored = self._score_units(units, tick)
         return [LoglikelihoodResult(lp, greedy, len(u.targets)) for u, (lp, greedy) in zip(units, scored)]
 
     @torch.inference_mode()
@@ -159,7 +163,7 @@ class HFScorer:
         totals = [0.0] * len(requests)
         counts = [0] * len(requests)
         scale = len(requests) / max(len(units), 1)
-        tick = (lambda n: progress(int(n * scale))) if progress is not None else None
+        tick = (lambda n, _chunk: progress(int(n * scale))) if progress is not None else None
         self._proper = True  # perplexity needs a normalised distribution (no plausibility floor)
         try:
             scored = self._score_units(units, tick)
@@ -203,7 +207,8 @@ class HFScorer:
         n0 = len(u.rows[0])
         return [[p - n0 + len(r) for p in u.positions] for r in u.rows]
 
-    def _score_units(self, units: list[Unit], progress: Progress | None) -> list[tuple[float, bool]]:
+    def _score_units(self, units: list[Unit], progress: Callable[[int, list], None] | None) -> list[tuple[float, bool]]:
+        """(log-probability, is greedy) per unit; ``progress(done, [(unit, result), ...])`` after each chunk."""
         results: list[tuple[float, bool] | None] = [None] * len(units)
         done = 0
         for plen, members in self._groups(units):
@@ -212,11 +217,12 @@ class HFScorer:
                 prefix = self.prefix(members[0].rows[0][:plen])
             for start in range(0, len(members), self.cfg.chunk_units):
                 chunk = members[start: start + self.cfg.chunk_units]
-                for u, res in zip(chunk, self._score_chunk(chunk, prefix)):
+                pairs = list(zip(chunk, self._score_chunk(chunk, prefix)))
+                for u, res in pairs:
                     results[u.index] = res
                 done += len(chunk)
                 if progress is not None:
-                    progress(done)
+                    progress(done, pairs)
         return [r if r is not None else (0.0, True) for r in results]
 
     def prefix(self, tokens: tuple[int, ...] | list[int]) -> Prefix:

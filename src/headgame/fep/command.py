@@ -23,21 +23,26 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     add_config_flags(p, FepConfig, aliases={"table_format": ("--format",)})
-    add_run_options(p)
+    add_run_options(p, resume="continue the interrupted run in DIR (default: --out) from its last checkpoint; flags not given keep the run's values")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from headgame.cliargs import apply_threads, config_from_args
+    from headgame.cliargs import apply_threads, config_from_args, given
     from headgame.fep.config import FepConfig
     from headgame.fep.run import run_fep
+    from headgame.fep.state import STATE_FILE, resume_config
 
     apply_threads(args)
-    cfg = config_from_args(args, FepConfig)
+    if args.resume is not None:
+        flags = given(args, FepConfig)
+        cfg = resume_config(FepConfig, args.resume or flags.get("out", FepConfig.out), STATE_FILE, flags)
+    else:
+        cfg = config_from_args(args, FepConfig)
     err = Console(stderr=True)
-    result = run_fep(cfg, progress=not args.no_progress, console=err)
+    result = run_fep(cfg, resume=args.resume is not None, progress=not args.no_progress, console=err)
     for w in result.get("warnings", []):
         err.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
     print_summary(result, Console())

@@ -11,6 +11,7 @@ import base64
 import csv
 import io
 import math
+import re
 from collections.abc import Mapping
 from html import escape
 from pathlib import Path
@@ -93,12 +94,12 @@ def plot_dividend_histograms(infos: Mapping[int, Any]) -> bytes:
     fig = _figure(9.0, 3.4)
     ax1, ax2 = fig.subplots(1, 2)
     ax1.hist(pairs, bins=60, color="#4c72b0")
-    ax1.set_title(f"pairwise dividends = I(X_i;X_j) (n={pairs.size})", fontsize=10)
+    ax1.set_title(f"pair dividends: mutual information $I(X_i; X_j)$ (n={pairs.size})", fontsize=10)
     ax1.set_xlabel("bits")
     if trips.size:
         ax2.hist(trips, bins=60, color="#c44e52")
         ax2.axvline(0, color="black", lw=1)
-        ax2.set_title(f"triple dividends (n={trips.size}, {100 * (trips < 0).mean():.0f}% < 0)", fontsize=10)
+        ax2.set_title(f"triple dividends: interaction information (n={trips.size}, {100 * (trips < 0).mean():.0f}% < 0)", fontsize=10)
     ax2.set_xlabel("bits (negative = redundancy)")
     for ax in (ax1, ax2):
         ax.spines[["top", "right"]].set_visible(False)
@@ -120,7 +121,7 @@ def plot_triples_by_layer(result: Mapping[str, Any]) -> bytes:
         ax1.errorbar(layers, frac, yerr=[np.clip(frac - lo, 0, None), np.clip(hi - frac, 0, None)], fmt="none", ecolor="black", lw=0.8)
     ax1.axhline(0.5, color="grey", ls="--", lw=1)
     ax1.set_ylim(0, 1)
-    ax1.set_title("fraction of triple dividends < 0", fontsize=10)
+    ax1.set_title("share of triple dividends < 0 (95% CI)", fontsize=10)
     ax1.set_xlabel("layer")
     ax2.bar(layers, mean, color="#8172b2")
     ax2.axhline(0, color="black", lw=1)
@@ -164,10 +165,41 @@ def _num(x: Any, digits: int = 3) -> str:
 
 
 FIGURE_TEXT = {
-    "dividends_hist": "Harsanyi dividends pooled over layers: pairs are mutual information (≥ 0); triples are interaction information, negative = redundancy.",
-    "triples_by_layer": "Per layer: the share of negative triple dividends (95 % bootstrap CI over sequences) and their mean.",
-    "coalitions": "Gibbs distribution over coalition structures (β = 1/bit, Metropolis): probability that two heads share a coalition.",
+    "dividends_hist": "Harsanyi dividends pooled over layers: pairs are mutual information (≥ 0); triples are "
+                      "interaction information, negative = redundancy (docs/formulas.md#dividends).",
+    "triples_by_layer": "Per layer: the share of negative triple dividends (95 % bootstrap CI over sequences) and "
+                        "their mean (docs/formulas.md#triple-summary, #bootstrap).",
+    "coalitions": "Gibbs distribution over coalition structures (β = 1/bit, Metropolis–Hastings): probability that "
+                  "two heads share a coalition (docs/formulas.md#mcmc).",
 }
+TABLE_COLUMNS = (  # (header, definition, docs/formulas.md anchor)
+    ("mean entropy", "mean single-head entropy H(X_i) of the argmax-key symbols, bits", "entropy"),
+    ("pair mean, pair min", "pair dividends = mutual information I(X_i; X_j) between two heads, bits", "mutual-information"),
+    ("triples < 0", "share of triple dividends below 0 (redundancy), with its 95% bootstrap interval", "triple-summary"),
+    ("triple mean, triple median", "of the triple dividends D({i, j, k}), bits", "triple-summary"),
+    ("Wilcoxon p", "one-sided signed-rank p that the median triple dividend is below 0 (descriptive)", "triple-summary"),
+)
+NOTE_TITLES = {  # fep.json note key -> (readable title, docs/formulas.md anchor)
+    "dividends": ("Dividends", "dividends"),
+    "wilcoxon": ("Wilcoxon test", "triple-summary"),
+    "bootstrap": ("Bootstrap intervals", "bootstrap"),
+    "fep_score": ("Head score m_i", "marginal-contribution"),
+    "orders": ("Higher orders", "saturation"),
+}
+
+
+def readable(text: Any) -> str:
+    """Escaped text with the notes' plain-text notation set as HTML: X_{ab} and X_i as subscripts,
+    ^{…} and ^(…) as superscripts."""
+    out = escape(str(text), quote=True)
+    out = re.sub(r"_\{([^}]*)\}", r"<sub>\1</sub>", out)
+    out = re.sub(r"\^\{([^}]*)\}", r"<sup>\1</sup>", out)
+    out = re.sub(r"\^\(([^)]*)\)", r"<sup>(\1)</sup>", out)
+    return re.sub(r"\b([A-Za-z])_([A-Za-z0-9])\b", r"\1<sub>\2</sub>", out)
+
+
+def _cite(anchor: str) -> str:
+    return f"<code>docs/formulas.md#{_e(anchor)}</code>"
 
 
 def render_fep_section(result: Mapping[str, Any], images: Mapping[str, bytes]) -> str:
@@ -181,11 +213,11 @@ def render_fep_section(result: Mapping[str, Any], images: Mapping[str, bytes]) -
         f"<p>{_e(model.get('spec'))} ({_e(model.get('architecture'))}, {_e(model.get('n_layers'))} layers × {_e(model.get('n_heads'))} heads); "
         f"{_e(data.get('source'))}: {_e(data.get('n_observations'))} observations per layer from {_e(data.get('n_sequences'))} sequences, "
         f"{_e(data.get('alphabet'))} argmax-key alphabet (K = {_e(data.get('alphabet_size'))}); saturation level log2(n) = "
-        f"{_num(data.get('saturation_bits'), 2)} bits.</p>",
+        f"{_num(data.get('saturation_bits'), 2)} bits ({_cite('saturation')}).</p>",
         f"<p><b>Triple dividends</b>: {_num(100 * t.get('frac_negative', math.nan), 1)} % negative over the model "
         f"(mean {_num(t.get('mean'))} bits, median {_num(t.get('median'))}); {_e(s.get('layers_majority_negative_and_median_below_0'))} of "
         f"{_e(s.get('n_layers'))} layers have most triples negative and the median below 0. Pairwise dividends are "
-        f"{'all' if s.get('pairs_all_nonnegative') else 'not all'} ≥ 0.</p>",
+        f"{'all' if s.get('pairs_all_nonnegative') else 'not all'} ≥ 0 ({_cite('dividends')}, {_cite('triple-summary')}).</p>",
     ]
     for w in result.get("warnings", []):
         parts.append(f'<p class="note">warning: {_e(w)}</p>')
@@ -193,7 +225,7 @@ def render_fep_section(result: Mapping[str, Any], images: Mapping[str, bytes]) -
     if nash:
         rho = nash.get("spearman_rho")
         parts.append(
-            f"<p><b>ε-Nash</b> (§3.8): pruning {_e(nash['n_pruned'])} heads ({_num(100 * nash['fraction'], 0)} %) by m<sub>i</sub> leaves "
+            f"<p><b>ε-Nash</b> ({_cite('epsilon-nash')}): pruning {_e(nash['n_pruned'])} heads ({_num(100 * nash['fraction'], 0)} %) by m<sub>i</sub> leaves "
             f"ε = {_num(nash['epsilon_bits'])} bits = {_num(nash['epsilon_relative'])} of the mean head entropy"
             + (f"; Spearman ρ(m<sub>i</sub>, ablation ΔNLL) = {_num(rho)} (p = {_num(nash.get('spearman_p'))})" if rho is not None else "")
             + ".</p>"
@@ -202,7 +234,7 @@ def render_fep_section(result: Mapping[str, Any], images: Mapping[str, bytes]) -
         if name in images:
             uri = "data:image/png;base64," + base64.b64encode(images[name]).decode("ascii")
             parts.append(f'<figure><img src="{uri}" alt="{_e(name)}"><figcaption>{_e(FIGURE_TEXT[name])}</figcaption></figure>')
-    heads = ["layer", "H̄ (bits)", "MI mean", "MI min", "triples < 0", "95% CI", "mean", "median", "Wilcoxon p (<0)"]
+    heads = ["layer", "mean entropy", "pair mean", "pair min", "triples < 0", "95% CI", "triple mean", "triple median", "Wilcoxon p"]
     parts.append("<table><thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in heads) + "</tr></thead><tbody>")
     for r in layer_rows(result):
         ci = f"[{_num(r['frac_negative_ci_low'], 2)}, {_num(r['frac_negative_ci_high'], 2)}]"
@@ -210,15 +242,19 @@ def render_fep_section(result: Mapping[str, Any], images: Mapping[str, bytes]) -
                  _num(r["frac_negative"], 2), ci, _num(r["triple_mean_bits"]), _num(r["triple_median_bits"]), _num(r["wilcoxon_p_less"])]
         parts.append("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>")
     parts.append("</tbody></table>")
+    parts.append('<dl class="note">' + "".join(f"<dt>{_e(h)}</dt><dd>{readable(d)} ({_cite(a)})</dd>" for h, d, a in TABLE_COLUMNS) + "</dl>")
     for key, text in (result.get("notes") or {}).items():
-        parts.append(f'<p class="note">{_e(key)}: {_e(text)}</p>')
+        title, anchor = NOTE_TITLES.get(key, (key.replace("_", " ").capitalize(), None))
+        cite = f" ({_cite(anchor)})" if anchor else ""
+        parts.append(f'<p class="note"><b>{readable(title)}</b>: {readable(text)}{cite}</p>')
     parts.append("</section>")
     return "\n".join(parts)
 
 
 CSS = """body{font-family:system-ui,sans-serif;margin:0;color:#222}main{max-width:1100px;margin:auto;padding:1.5em}
 table{border-collapse:collapse;font-size:.88em;font-variant-numeric:tabular-nums}th,td{padding:3px 9px;text-align:right;border-bottom:1px solid #eee}
-figure{margin:1em 0}img{max-width:100%}.note{color:#666;font-size:.88em}"""
+figure{margin:1em 0}img{max-width:100%}.note{color:#666;font-size:.88em}
+dl.note{display:grid;grid-template-columns:max-content 1fr;gap:2px 14px}dl.note dd{margin:0}"""
 
 
 def render_page(result: Mapping[str, Any], images: Mapping[str, bytes]) -> str:

@@ -19,13 +19,17 @@ import torch
 
 from headgame.data.texts import load_sequences, prefix, resolve_source
 from headgame.errors import HeadgameError
-from headgame.runs import check_writable, progress_bar, provenance
+from headgame.outdir import claims_out, note
+from headgame.runs import progress_bar, provenance
 from headgame.fep.config import FepConfig
+from headgame.fep.progress import negative_share, step_rate, token_rate
+from headgame.fep.state import FepState
+from headgame.fep.state import STATE_FILE
 from headgame.info import dividends as dv
 from headgame.info.analysis import InfoOptions, LayerInfo, analyse_layer
 from headgame.info.scores import epsilon_nash, spearman
 from headgame.measure.select import select_heads
-from headgame.measure.symbols import HeadSymbols, collect_symbols
+from headgame.measure.symbols import HeadSymbols
 
 INFO_SCORES = ("fep", "fep-exact", "shapley", "gibbs")
 
@@ -74,49 +78,102 @@ def score_matrix(infos: dict[int, LayerInfo], name: str, n_layers: int) -> np.nd
     return out
 
 
-def run_fep(cfg: FepConfig, *, progress: bool = True, console: Any = None, report: bool = True) -> dict[str, Any]:
-    """Run ``headgame fep`` end to end; returns the result dict also written to ``fep.json``."""
-    from headgame.fep.report import write_outputs
+def ablation_cost(layout: Any, seqs: Any, budget: int, s_per_token: float) -> str:
+    """What the ablation check will cost, said before it runs: a forward pass over its sequences
+    per head plus one unablated, timed at the speed of this run's discretisation pass."""
+    passes = layout.n_layers * layout.n_heads + 1
+    est = passes * seqs.n_tokens * s_per_token
+    when = f"about {est / 60:.1f} min" if est >= 90 else f"about {est:.0f} s"
+    return (f"the ablation check runs {layout.n_layers} x {layout.n_heads} heads + 1 = {passes} forward passes over "
+            f"{seqs.n_sequences} sequence(s), {seqs.n_tokens} tokens (--ablation-tokens {budget}): {when} at this run's "
+            "speed; --ablation-tokens 0 skips it")
+
+
+ARTEFACTS = ("fep.json", "config.yaml", "dividends.csv", "dividends.parquet", "layer_summary.csv", "head_scores.csv",
+             "dividends_hist.png", "triples_by_layer.png", "coalitions.png", "report.html", STATE_FILE)
+"""What ``headgame fep`` writes into --out (fep/report.py, the main result first); a fresh run clears them."""
+
+
+def run_fep(cfg: FepConfig, *, resume: bool = False, progress: bool = True, console: Any = None, report: bool = True) -> dict[str, Any]:
+    """Run ``headgame fep`` end to end; returns the result dict also written to ``fep.json``.
+
+    ``resume`` continues the interrupted run in ``cfg.out`` from its last checkpoint (fep/state.py).
+    Every input is checked first (:func:`prepare` loads the model and writes nothing); only then
+    is --out claimed (``claims_out`` decorates :func:`_fep`), so a bad input leaves no trace.
+    """
+    t_start = time.perf_counter()
+    cfg, loaded, layers, source = prepare(cfg)
+    return _fep(cfg, loaded, layers, source, t_start, resume=resume, progress=progress, console=console, report=report)
+
+
+def prepare(cfg: FepConfig) -> tuple[FepConfig, Any, list[int], str]:
+    """Check every input against the files and the model, writing nothing: the config with --seq-len
+    fitted to the model, the loaded model, the layers and the text source ('auto' resolved)."""
+    from headgame.config import DEFAULT_SEQ_LEN, check_out_path, with_values
+    from headgame.data.texts import check_sequence_source
+    from headgame.models.layout import fit_seq_len
     from headgame.models.load import load_model
 
-    out = Path(cfg.out)
-    check_writable(out)
-    t_start = time.perf_counter()
+    check_out_path(cfg.out)
+    source = resolve_source(cfg.data, cfg.data_dir)
+    check_sequence_source(source, text_field=cfg.text_field, data_dir=cfg.data_dir)
     loaded = load_model(cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
-    model, tok, layout = loaded
+    layout = loaded.layout
     if loaded.info.get("kind") == "pruned":
         raise HeadgameError(f"{cfg.model} is a pruned model; analyse the original model (the dividends need every head)")
-    if layout.max_positions and cfg.seq_len > layout.max_positions:
-        raise HeadgameError(f"--seq-len {cfg.seq_len} exceeds the model's maximum of {layout.max_positions} positions; use --seq-len {layout.max_positions} or less")
+    seq_len, fitted = fit_seq_len(cfg.seq_len, DEFAULT_SEQ_LEN, layout.max_positions)
     layers = layout.parse_layers(cfg.layers)
-    source = resolve_source(cfg.data, cfg.data_dir)
+    if fitted:
+        note(fitted)
+    return with_values(cfg, seq_len=seq_len), loaded, layers, source
+
+
+run_fep.artefacts = ARTEFACTS  # type: ignore[attr-defined]
+
+
+@claims_out("fep", ARTEFACTS, state=(STATE_FILE,))
+def _fep(cfg: FepConfig, loaded: Any, layers: list[int], source: str, t_start: float, *, resume: bool = False,
+         progress: bool = True, console: Any = None, report: bool = True) -> dict[str, Any]:
+    from headgame.fep.report import write_outputs
+
+    out = Path(cfg.out)
+    model, tok, layout = loaded
     seqs = load_sequences(source, tok, causal=layout.causal, max_tokens=cfg.max_tokens, seq_len=cfg.seq_len,
                           data_dir=cfg.data_dir, text_field=cfg.text_field, gsm8k_format=cfg.gsm8k_format, seed=cfg.seed)
-    bar = progress_bar(progress, console)
+    with_ablation = bool(cfg.ablation_budget) and layers == list(range(layout.n_layers))
+    state = FepState(out, cfg, loaded.info.get("hash"))
+    resumed_at = None
+    if resume:
+        state.restore()
+        resumed_at = state.announce(math.ceil(seqs.n_sequences / cfg.batch_size), layers, layout.n_layers if with_ablation else 0)
+    bar = progress_bar(progress, console, fields="{task.fields[live]}")  # live figures: headgame.fep.progress
     timing: dict[str, float] = {}
     with bar:
         t0 = time.perf_counter()
-        task = bar.add_task("discretise", total=seqs.n_sequences)
-        symbols = collect_symbols(model, layout, seqs.input_ids, seqs.attention_mask, layers=layers, alphabet=cfg.alphabet,
-                                  batch_size=cfg.batch_size, on_batch=lambda d, t: bar.update(task, completed=d))
+        task = bar.add_task("discretise", total=seqs.n_sequences, live="")
+        tok_s = token_rate(seqs.attention_mask, skip=state.batches_done * cfg.batch_size)
+        symbols = state.collect(model, layout, seqs, layers, on_batch=lambda d, t: bar.update(task, completed=d, live=tok_s(d)))
         timing["discretise_s"] = time.perf_counter() - t0
         if symbols.n_obs < 2:
             raise HeadgameError(f"only {symbols.n_obs} observation(s); raise --max-tokens")
         t0 = time.perf_counter()
-        task = bar.add_task("dividends", total=len(layers))
+        task = bar.add_task("dividends", total=len(layers), live="")
         opts = InfoOptions(miller_madow=cfg.miller_madow, bootstrap=cfg.bootstrap, ci_method=cfg.ci_method, seed=cfg.seed, full_max_heads=cfg.full_max_heads,
                            beta=cfg.beta, mcmc_steps=cfg.mcmc_steps, mcmc_burn_in=cfg.mcmc_burn_in)
-        infos = analyse_symbols(symbols, opts, on_layer=lambda l: bar.advance(task))
+        infos = state.analyse(symbols, opts, on_layer=lambda l: bar.update(task, advance=1, live=negative_share(state.infos.values())))
         timing["dividends_s"] = time.perf_counter() - t0
         ablation = base_nll = None
-        if cfg.ablation_tokens and layers == list(range(layout.n_layers)):
+        if with_ablation:
             from headgame.measure.importance import ablation_delta_nll
 
             t0 = time.perf_counter()
-            task = bar.add_task("ablation", total=layout.n_layers * layout.n_heads)
-            abl_seqs = prefix(seqs, cfg.ablation_tokens)
+            task = bar.add_task("ablation", total=layout.n_layers * layout.n_heads, live="")
+            heads_s = step_rate("heads")
+            abl_seqs = prefix(seqs, cfg.ablation_budget)
+            note(ablation_cost(layout, abl_seqs, cfg.ablation_budget, timing["discretise_s"] / max(seqs.n_tokens, 1)))
             ablation, base_nll = ablation_delta_nll(model, layout, tok, abl_seqs, batch_size=cfg.batch_size, seed=cfg.seed,
-                                                    on_step=lambda d, t: bar.update(task, completed=d))
+                                                    on_step=lambda d, t: bar.update(task, completed=d, live=heads_s(d)),
+                                                    done=state.ablation, on_layer=state.ablation_done)
             timing["ablation_s"] = time.perf_counter() - t0
 
     warnings = saturation(infos, symbols.n_obs)
@@ -136,7 +193,7 @@ def run_fep(cfg: FepConfig, *, progress: bool = True, console: Any = None, repor
             nash["spearman_vs_ablation"] = rho
             nash["spearman_rho"], nash["spearman_p"] = rho["fep"]["rho"], rho["fep"]["p"]
             nash["spearman_score"] = "fep"
-            nash["ablation_tokens"] = int(prefix(seqs, cfg.ablation_tokens).n_tokens)
+            nash["ablation_tokens"] = int(prefix(seqs, cfg.ablation_budget).n_tokens)
             nash["base_nll"] = base_nll
     result: dict[str, Any] = {
         **provenance(cfg),
@@ -148,7 +205,8 @@ def run_fep(cfg: FepConfig, *, progress: bool = True, console: Any = None, repor
         "summary": pooled_summary(infos),
         "epsilon_nash": nash,
         "warnings": warnings,
-        "timing": {**{k: round(v, 2) for k, v in timing.items()}, "seconds": round(time.perf_counter() - t_start, 2)},
+        "timing": {**{k: round(v, 2) for k, v in timing.items()}, "seconds": round(time.perf_counter() - t_start, 2),
+                   **({"resumed_at": resumed_at} if resumed_at else {})},
         "notes": {
             "dividends": "D(S) = Σ_{T⊆S} (−1)^{|S|−|T|} F(T), F(S) = |S|·log2 K − H(X_S) (docs/formulas.md); pairs = MI ≥ 0, "
                          "triples = I(X;Y|Z) − I(X;Y): negative = redundancy",
@@ -168,4 +226,5 @@ def run_fep(cfg: FepConfig, *, progress: bool = True, console: Any = None, repor
         head_scores["ablation"] = ablation
     paths = write_outputs(result, infos, head_scores, out, table_format=cfg.table_format, config_yaml=cfg.to_yaml(), report=report)
     result["files"] = sorted(p.name for p in paths)
+    state.clear()
     return result

@@ -58,20 +58,27 @@ def mean_nll(model, layout, tokenizer, seqs: Sequences, batch_size: int, *, seed
 
 
 def ablation_delta_nll(model, layout: HeadLayout, tokenizer, seqs: Sequences, *, batch_size: int = 4, seed: int = 0,
-                       on_step: Progress | None = None) -> tuple[np.ndarray, float]:
-    """ΔNLL (nats/token) of gating off each head alone, [L, H]; and the unablated NLL."""
+                       on_step: Progress | None = None, done: tuple[np.ndarray, float, int] | None = None,
+                       on_layer: Callable[[np.ndarray, float, int], None] | None = None) -> tuple[np.ndarray, float]:
+    """ΔNLL (nats/token) of gating off each head alone, [L, H]; and the unablated NLL.
+
+    ``on_layer(delta, base, layers_done)`` is called after each layer (checkpoints); ``done``,
+    such a triple, continues from it (every head's forward is independent of the others').
+    """
     gates = {l: torch.ones(layout.n_heads) for l in range(layout.n_layers)}
-    out = np.zeros((layout.n_layers, layout.n_heads))
+    out = np.zeros((layout.n_layers, layout.n_heads)) if done is None else np.array(done[0], dtype=np.float64)
     total = layout.n_layers * layout.n_heads
     with HeadTap(model, layout, gates=gates):  # the hooks read the gate tensors we edit in place
-        base = mean_nll(model, layout, tokenizer, seqs, batch_size, seed=seed)
-        for l in range(layout.n_layers):
+        base = mean_nll(model, layout, tokenizer, seqs, batch_size, seed=seed) if done is None else done[1]
+        for l in range(0 if done is None else done[2], layout.n_layers):
             for h in range(layout.n_heads):
                 gates[l][h] = 0.0
                 out[l, h] = mean_nll(model, layout, tokenizer, seqs, batch_size, seed=seed) - base
                 gates[l][h] = 1.0
                 if on_step is not None:
                     on_step(l * layout.n_heads + h + 1, total)
+            if on_layer is not None:
+                on_layer(out, base, l + 1)
     return out, base
 
 

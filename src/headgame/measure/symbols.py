@@ -62,10 +62,15 @@ def collect_symbols(
     alphabet: str = "absolute",
     batch_size: int = 4,
     on_batch: Callable[[int, int], None] | None = None,
+    start: int = 0,
+    stop: int | None = None,
 ) -> HeadSymbols:
     """Argmax key symbols of ``layers`` (default all) for the sequences ``input_ids`` [N_seq, T].
 
     ``on_batch(done_sequences, total_sequences)`` is called after each chunk (progress bars).
+    ``start``/``stop`` restrict the run to the sequences ``start:stop`` (sequence indices stay
+    those of ``input_ids``, the alphabet that of its full width), so that parts collected from
+    multiples of ``batch_size`` and joined by :func:`concat_symbols` equal one whole run.
     """
     if alphabet not in ALPHABETS:
         raise HeadgameError(f"unknown alphabet '{alphabet}'; use absolute or relative")
@@ -76,17 +81,18 @@ def collect_symbols(
     xs: dict[int, list[torch.Tensor]] = {l: [] for l in layers}
     seqs, poss = [], []
     base = _base(model)
+    stop = n_seq if stop is None else min(stop, n_seq)
     with HeadTap(model, layout, layers, argmax=True) as tap:
-        for start in range(0, n_seq, batch_size):
-            mask = attention_mask[start : start + batch_size]  # [B, T]
+        for b0 in range(start, stop, batch_size):
+            mask = attention_mask[b0 : min(b0 + batch_size, stop)]  # [B, T]
             width = max(int(mask.sum(1).max()), 1)  # right padding: trailing all-pad columns can go
-            ids, mask = input_ids[start : start + batch_size, :width], mask[:, :width]  # [B, T']
+            ids, mask = input_ids[b0 : b0 + mask.shape[0], :width], mask[:, :width]  # [B, T']
             tap.clear()
             tap.set_mask(mask)
             base(input_ids=ids, attention_mask=mask)
             valid = mask.bool()  # [B, T]
             b_idx, q_idx = valid.nonzero(as_tuple=True)  # [n_b]
-            seqs.append(b_idx + start)
+            seqs.append(b_idx + b0)
             poss.append(q_idx)
             for l in layers:
                 k = tap.argmax[l].to(torch.int64)  # [B, T, H], -1 at padding
@@ -97,10 +103,18 @@ def collect_symbols(
                         k = k + (t_max - 1)
                 xs[l].append(k)
             if on_batch is not None:
-                on_batch(min(start + batch_size, n_seq), n_seq)
+                on_batch(min(b0 + batch_size, stop), n_seq)
     x = {l: torch.cat(v) for l, v in xs.items()}
     for l, v in x.items():
         if v.numel() and int(v.min()) < 0:
             raise HeadgameError(f"layer {l} produced a negative argmax symbol; check the attention mask of the data")
     size = t_max if (alphabet == "absolute" or layout.causal) else 2 * t_max - 1
-    return HeadSymbols(layers, x, torch.cat(seqs), torch.cat(poss), alphabet, int(size), int(n_seq))
+    return HeadSymbols(layers, x, torch.cat(seqs), torch.cat(poss), alphabet, int(size), int(stop - start))
+
+
+def concat_symbols(parts: list[HeadSymbols]) -> HeadSymbols:
+    """One :class:`HeadSymbols` from parts collected in order over consecutive sequence ranges."""
+    first = parts[0]
+    x = {l: torch.cat([p.x[l] for p in parts]) for l in first.layers}
+    return HeadSymbols(first.layers, x, torch.cat([p.seq for p in parts]), torch.cat([p.pos for p in parts]), first.alphabet,
+                       first.alphabet_size, sum(p.n_sequences for p in parts))

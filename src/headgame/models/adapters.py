@@ -3,7 +3,9 @@
 The check reads ``adapter_config.json`` and the shapes in ``adapter_model.safetensors`` (no
 weights are loaded for it): every LoRA pair must name a module of the base model whose input
 and output sizes match. An adapter made for another base model therefore fails with one line
-naming the base model it was made for, instead of a size-mismatch traceback.
+naming the base model it was made for, instead of a size-mismatch traceback. Before it, an
+adapter written by ``headgame train`` (one with ``headgame_base.json``) must name the weights hash
+of the model it is applied to (:mod:`headgame.models.identity`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 from torch import nn
 
 from headgame.errors import HeadgameError
+from headgame.models.identity import describe, read_base
 
 
 def read_adapter_config(folder: Path) -> dict:
@@ -73,11 +76,33 @@ def check_adapter(model: nn.Module, folder: Path, model_name: str) -> dict:
     return cfg
 
 
-def apply_adapter(model: nn.Module, folder: str, *, merge: bool, model_name: str) -> tuple[nn.Module, dict]:
-    """The model with the adapter (merged into the weights when ``merge``) and a description."""
+def check_base(folder: Path, model_name: str, model_hash: str | None) -> dict | None:
+    """Refuse an adapter whose recorded base model (``headgame_base.json``) is not the loaded one.
+
+    Returns the recorded base, or None for an adapter that records none (made by other tools),
+    which only gets the shape check of :func:`check_adapter`."""
+    base = read_base(folder)
+    if base is None or not model_hash or base["hash"] == model_hash:
+        return base
+    raise HeadgameError(
+        f"adapter {folder} was trained on {describe(base['spec'], base['hash'])}, not "
+        f"{describe(model_name, model_hash)}; pass --model {base['spec']}"
+    )
+
+
+def apply_adapter(model: nn.Module, folder: str, *, merge: bool, model_name: str,
+                  model_hash: str | None = None) -> tuple[nn.Module, dict]:
+    """The model with the adapter (merged into the weights when ``merge``) and a description.
+
+    ``model_hash`` is the loaded model's weights hash (``LoadedModel.info["hash"]``): an adapter
+    recording another base model is refused."""
     from peft import PeftModel
 
+    from headgame.models.hashing import files_sha256
+
     path = Path(folder).expanduser()
+    read_adapter_config(path)  # a folder that is no adapter at all is named as such first
+    base = check_base(path, model_name, model_hash)
     cfg = check_adapter(model, path, model_name)
     try:
         wrapped = PeftModel.from_pretrained(model, str(path))
@@ -91,6 +116,7 @@ def apply_adapter(model: nn.Module, folder: str, *, merge: bool, model_name: str
         "path": str(path.resolve()), "peft_type": cfg.get("peft_type"), "r": cfg.get("r"),
         "lora_alpha": cfg.get("lora_alpha"), "target_modules": cfg.get("target_modules"),
         "base_model_name_or_path": cfg.get("base_model_name_or_path"), "merged": merge,
+        "hash": "sha256:" + files_sha256(sorted(path.glob("*.safetensors"))), "trained_on": base,
     }
     if merge:
         return wrapped.merge_and_unload(), info
@@ -103,12 +129,12 @@ def attach_adapter(loaded, adapter: str, *, merge: bool = False):
     The model info gains ``adapter_hash`` (sha256 of the adapter's safetensors) and ``adapter``
     (the description of :func:`apply_adapter`); the layout is rebuilt for the wrapped model.
     """
-    from headgame.models.hashing import files_sha256
     from headgame.models.layout import HeadLayout
     from headgame.models.loaded import LoadedModel
 
     path = Path(adapter).expanduser()
-    model, desc = apply_adapter(loaded.model, str(path), merge=merge, model_name=str(loaded.info.get("spec")))
+    model, desc = apply_adapter(loaded.model, str(path), merge=merge, model_name=str(loaded.info.get("spec")),
+                                model_hash=loaded.info.get("hash"))
     model.eval()
-    info = {**loaded.info, "adapter": desc, "adapter_hash": "sha256:" + files_sha256(sorted(path.glob("*.safetensors")))}
+    info = {**loaded.info, "adapter": desc, "adapter_hash": desc["hash"]}
     return LoadedModel(model, loaded.tokenizer, HeadLayout.from_model(model), info)

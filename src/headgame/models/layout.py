@@ -9,6 +9,7 @@ one module per family), so adding an architecture means adding one family module
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 from headgame.errors import HeadgameError
 from headgame.models.families import Family, family_for_model_type, get_family, get_path, supported_model_types
 
-__all__ = ["Family", "HeadLayout", "supported_model_types"]
+__all__ = ["Family", "HeadLayout", "fit_seq_len", "parse_layers", "supported_model_types"]
 
 if TYPE_CHECKING:
     import torch
@@ -176,32 +177,90 @@ class HeadLayout:
             "objective": "causal-lm" if self.causal else "masked-lm",
         }
 
-    def parse_layers(self, spec: str | list[int] | None) -> list[int]:
-        """Parse ``all``, ``5``, ``0,3,7``, ``10-19`` or ``-1`` (last) into sorted layer ids."""
-        if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "all")):
-            return list(range(self.n_layers))
-        if isinstance(spec, (list, tuple)):
-            items = [str(x) for x in spec]
-        else:
-            items = [s.strip() for s in str(spec).split(",") if s.strip()]
-        out: set[int] = set()
-        for item in items:
-            try:
-                if "-" in item[1:]:
-                    lo, hi = item.split("-", 1) if not item.startswith("-") else (item, item)
-                    rng = range(int(lo), int(hi) + 1)
-                else:
-                    v = int(item)
-                    rng = range(v + self.n_layers, v + self.n_layers + 1) if v < 0 else range(v, v + 1)
-            except ValueError:
+    def parse_layers(self, spec: str | list[int] | None, flag: str = "--layers") -> list[int]:
+        """Sorted layer ids of ``spec`` for this model (see :func:`parse_layers`)."""
+        return parse_layers(spec, self.n_layers, flag=flag)  # type: ignore[return-value]
+
+
+_LAYER_SYNTAX = "all, a layer like 5 (or -1, the last), a list like 0,3,7 or a range like 10-19"
+
+
+def _layer_items(spec: str | int | list[int] | tuple[int, ...], flag: str) -> list[tuple[str, int, int]]:
+    """(written item, first, last) per comma-separated item; a single layer has first == last."""
+    if isinstance(spec, bool):
+        raise HeadgameError(f"{flag} {spec!r} is not understood; use {_LAYER_SYNTAX}")
+    if isinstance(spec, int):
+        return [(str(spec), spec, spec)]
+    if isinstance(spec, (list, tuple)):
+        if not spec or not all(isinstance(v, int) and not isinstance(v, bool) for v in spec):
+            raise HeadgameError(f"{flag} {list(spec)!r} is not a list of layers; use {_LAYER_SYNTAX}")
+        return [(str(v), v, v) for v in spec]
+    items = []
+    for item in (s.strip() for s in str(spec).split(",")):
+        m = _ITEM.fullmatch(item)
+        if not item:
+            raise HeadgameError(f"{flag} '{spec}' has an empty item; write the layers without empty commas, e.g. 0,3,7")
+        if m is None:
+            raise HeadgameError(f"{flag} '{spec}' is not understood ('{item}'); use {_LAYER_SYNTAX}")
+        lo = int(m.group(1))
+        hi = lo if m.group(2) is None else int(m.group(2))
+        if (lo < 0) != (hi < 0):
+            raise HeadgameError(f"{flag} {item} mixes a layer counted from the end with one counted from 0; "
+                                "write both ends the same way, e.g. 2-5 or -3--1")
+        if lo > hi:
+            raise HeadgameError(f"{flag} {item} is a reversed range; write {m.group(2)}-{m.group(1)}")
+        items.append((item, lo, hi))
+    return items
+
+
+def parse_layers(spec: str | int | list[int] | None, n_layers: int | None = None, *, flag: str = "--layers",
+                 ordered: bool = False) -> list[int] | None:
+    """The one parser of layer flags: ``all``, ``5``, ``0,3,7``, ``10-19``; negative layers count
+    from the end, Python style (``-1`` is the last layer, ``-3--1`` the last three).
+
+    With ``n_layers`` (the model is loaded) returns the layer ids, sorted and unique, or in the
+    written order with ``ordered``; every layer must exist. Without it (a config's
+    ``__post_init__``) only the syntax is checked and the written layers are returned, ranges
+    expanded, or None for ``all``. ``None`` means all layers; an empty text is refused.
+    """
+    if spec is None:
+        return None if n_layers is None else list(range(n_layers))
+    if isinstance(spec, str) and not spec.strip():
+        raise HeadgameError(f"{flag} is empty; pass {_LAYER_SYNTAX}")
+    if isinstance(spec, str) and spec.strip().lower() == "all":
+        return None if n_layers is None else list(range(n_layers))
+    items = _layer_items(spec, flag)
+    if n_layers is None:
+        return [layer for _, lo, hi in items for layer in range(lo, hi + 1)]
+    out: list[int] = []
+    for item, lo, hi in items:
+        for layer in (lo, hi):
+            if not -n_layers <= layer < n_layers:
                 raise HeadgameError(
-                    f"--layers '{spec}' is not understood; use all, a number, a list like 0,3,7 or a range like 10-19"
-                ) from None
-            for layer in rng:
-                if not 0 <= layer < self.n_layers:
-                    raise HeadgameError(
-                        f"--layers {item} is out of range: the model has {self.n_layers} layers (0-based); "
-                        f"use values in 0..{self.n_layers - 1}"
-                    )
-                out.add(layer)
-        return sorted(out)
+                    f"{flag} {item} is out of range: the model has {n_layers} layers (0..{n_layers - 1}, or "
+                    f"-{n_layers}..-1 from the end); use values in 0..{n_layers - 1}"
+                )
+        first, last = lo % n_layers, hi % n_layers
+        out += [layer for layer in range(first, last + 1) if layer not in out]
+    return out if ordered else sorted(out)
+
+
+_ITEM = re.compile(r"(-?\d+)(?:\s*-\s*(-?\d+))?")
+
+
+def fit_seq_len(requested: int | None, default: int, max_positions: int | None,
+                flag: str = "--seq-len") -> tuple[int, str | None]:
+    """The sequence length of a run and the note to print when it was fitted to the model.
+
+    Not given (None): ``default``, or the model's maximum positions when that is smaller (the tiny
+    models have 128). Given: kept, and an error when the model cannot take it.
+    """
+    if requested is None:
+        if max_positions and default > max_positions:
+            return max_positions, (f"{flag} not given: using {max_positions}, the model's maximum positions "
+                                   f"(the default {default} does not fit)")
+        return default, None
+    if max_positions and requested > max_positions:
+        raise HeadgameError(f"{flag} {requested} exceeds the model's maximum of {max_positions} positions; "
+                            f"use {flag} {max_positions} or less")
+    return requested, None

@@ -146,13 +146,59 @@ def _load_dir(path: Path, *, dtype, trust_remote_code: bool, attn: str, spec: st
     except (OSError, ValueError) as exc:
         raise HeadgameError(f"{path} has no usable config.json ({exc}); point --model at a Hugging Face model folder") from None
     cls = _auto_class(config)
-    model = cls.from_pretrained(
-        path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code,
-        attn_implementation=attn,
-    )
+    for weight in weights:
+        check_safetensors(weight)
+    try:
+        model = cls.from_pretrained(
+            path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code,
+            attn_implementation=attn,
+        )
+    except (OSError, ValueError, RuntimeError) as exc:  # safetensors and shape errors of damaged weights
+        if isinstance(exc, HeadgameError):
+            raise
+        why = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise HeadgameError(f"the weights in {path} cannot be loaded ({why}); re-save or re-download the model") from None
     tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     info = {"spec": spec, "source": str(path), "kind": "dir", "hash": "sha256:" + files_sha256(weights)}
     return _finish(model, tokenizer, info, t0)
+
+
+def check_safetensors(path: Path) -> None:
+    """A .safetensors file holds its whole header and every tensor it lists: a file cut short (an
+    interrupted copy or download) is reported here instead of deep inside the loader."""
+    import json
+    import struct
+
+    size = path.stat().st_size
+    fix = "re-save or re-download the model"
+    try:
+        with open(path, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            if n > size - 8:
+                raise ValueError
+            header = json.loads(fh.read(n))
+        end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
+    except (struct.error, ValueError, UnicodeDecodeError, KeyError, TypeError, IndexError, AttributeError):
+        raise HeadgameError(f"{path} is not a valid safetensors file (its header is damaged or cut short); {fix}") from None
+    except OSError as exc:
+        raise HeadgameError(f"{path} cannot be read ({exc.strerror or exc}); check its permissions") from None
+    if 8 + n + end > size:
+        raise HeadgameError(f"{path} is truncated ({size} of {8 + n + end} bytes); {fix}")
+
+
+GGUF_MAGIC = b"GGUF"
+
+
+def check_gguf(path: Path) -> None:
+    """A .gguf file starts with the GGUF magic bytes (checked before it is hashed and converted)."""
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+    except OSError as exc:
+        raise HeadgameError(f"GGUF file {path} cannot be read ({exc.strerror or exc}); check its permissions") from None
+    if magic != GGUF_MAGIC:
+        raise HeadgameError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes); "
+                            "pass a real .gguf model, a model folder or a packaged name")
 
 
 def _dequantise_gguf(gguf: Path, target: Path, *, attn: str) -> None:
@@ -179,6 +225,7 @@ def _dequantise_gguf(gguf: Path, target: Path, *, attn: str) -> None:
 
 
 def _load_gguf(gguf: Path, *, dtype, attn: str, spec: str, t0: float) -> LoadedModel:
+    check_gguf(gguf)
     digest = file_sha256(gguf)
     target = cache_root() / "models" / digest[:24]
     if not (target / "config.json").exists():
@@ -188,6 +235,10 @@ def _load_gguf(gguf: Path, *, dtype, attn: str, spec: str, t0: float) -> LoadedM
             raise
         except PermissionError as exc:
             raise HeadgameError(f"cannot write the model cache at {target} ({exc}); set HEADGAME_CACHE to a writable folder") from None
+        except (OSError, ValueError, KeyError, IndexError, EOFError, RuntimeError) as exc:  # gguf-py on a damaged file
+            why = " ".join(str(exc).split())[:160] or type(exc).__name__
+            raise HeadgameError(f"{gguf} is not a readable GGUF model ({why}); pass an intact .gguf file "
+                                "(a truncated download fails this way)") from None
     loaded = _load_dir(target, dtype=dtype, trust_remote_code=False, attn=attn, spec=spec, t0=t0)
     loaded.info.update({"source": str(gguf), "kind": "gguf", "hash": "sha256:" + digest, "cache": str(target)})
     return loaded

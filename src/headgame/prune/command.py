@@ -23,20 +23,26 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     add_config_flags(p, PruneConfig, extra_help={"criterion": f"One of {', '.join(CRITERIA)}."})
-    add_run_options(p)
+    add_run_options(p, resume="continue the interrupted run in DIR (default: --out) from its last checkpoint; flags not given keep the run's values")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from headgame.cliargs import apply_threads, config_from_args
+    from headgame.cliargs import apply_threads, config_from_args, given
+    from headgame.fep.state import resume_config
     from headgame.prune.config import PruneConfig
     from headgame.prune.run import run_prune
+    from headgame.prune.state import STATE_FILE
 
     apply_threads(args)
-    cfg = config_from_args(args, PruneConfig)
-    result = run_prune(cfg, progress=not args.no_progress, console=Console(stderr=True))
+    if args.resume is not None:
+        flags = given(args, PruneConfig)
+        cfg = resume_config(PruneConfig, args.resume or flags.get("out", PruneConfig.out), STATE_FILE, flags)
+    else:
+        cfg = config_from_args(args, PruneConfig)
+    result = run_prune(cfg, resume=args.resume is not None, progress=not args.no_progress, console=Console(stderr=True))
     print_table(result, Console())
     out = os.path.abspath(cfg.out)
     print(f"wrote {os.path.join(out, 'pruning.json')} and {os.path.join(out, 'pruning_table.md')}"

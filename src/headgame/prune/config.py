@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from headgame.errors import HeadgameError
-from headgame.config import ConfigMixin, check_dtype, nonneg_int, positive_int
+from headgame.config import ConfigMixin, check_dtype, check_field_types, check_seed, nonempty, nonneg_int, positive_int
 
 PPL_SETS = ("gsm8k", "wikitext2")
 DEFAULT_COMPARE = "fep,random,attention-entropy,michel,ablation"
@@ -103,16 +103,22 @@ class PruneConfig(ConfigMixin):
         from headgame.prune.criteria import get_criterion, parse_criteria
         from headgame.measure.select import check_fraction
 
+        check_field_types(self)
+        for name, example in (("model", "smollm2-135m"), ("score_data", "auto"), ("text_field", "text"), ("out", "prune-out")):
+            nonempty(getattr(self, name), f"--{name.replace('_', '-')}", example)
+        nonempty(self.ppl_sets, "--ppl-sets", "none")  # 'none' says no perplexity set; an empty value is not meant
+        for name in ("data_dir", "analysis", "gsm8k_file", "wikitext_file"):
+            nonempty(getattr(self, name), f"--{name.replace('_', '-')}", "PATH", optional=True)
+        check_seed(self.seed)
         check_fraction(self.fraction)
         get_criterion(self.criterion)
-        if self.compare_criteria:
-            parse_criteria(self.criteria)
+        parse_criteria(self.criteria)  # a typo is reported even without --compare-criteria
         positive_int(self.random_seeds, "--random-seeds", 5)
         positive_int(self.score_tokens, "--score-tokens", 16384)
         positive_int(self.loss_tokens, "--loss-tokens", 512)
         positive_int(self.seq_len, "--seq-len", 256)
         positive_int(self.batch_size, "--batch-size", 4)
-        nonneg_int(self.ppl_max_tokens, "--ppl-max-tokens", 8192)
+        nonneg_int(self.ppl_max_tokens, "--ppl-max-tokens", 8192, "0 = the whole set")
         positive_int(self.ppl_max_len, "--ppl-max-len", 1024)
         positive_int(self.wikitext_window, "--wikitext-window", 512)
         positive_int(self.pseudo_ppl_seeds, "--pseudo-ppl-seeds", 5)
@@ -135,6 +141,8 @@ class PruneConfig(ConfigMixin):
         if self.gsm8k_format not in ("qa", "answer", "question"):
             raise HeadgameError(f"--gsm8k-format {self.gsm8k_format} is not known; use qa, answer or question")
         check_dtype(self.dtype)
+
+    NOT_IDENTITY = frozenset({"out", "extra"})
 
     @property
     def ppl_set_list(self) -> list[str]:

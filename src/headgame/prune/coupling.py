@@ -1,9 +1,10 @@
 """The coupling criterion's scores: each head's row mass of analyze's interaction matrix G.
 
 Σ_{j≠i} |G_ij| measures how strongly head i is coupled to the other heads of its layer (the
-GAME-LoRA paper's head interaction matrix, docs/formulas.md §G): the most coupled heads are the
+GAME-LoRA paper's head interaction matrix, docs/formulas.md#G, #coupling-criterion): the most coupled heads are the
 most redundant, so ``--criterion coupling`` prunes the highest first. G comes from an
-``analysis.json`` of ``headgame analyze`` or is accumulated here with analyze's own collector.
+``analysis.json`` of ``headgame analyze`` (of this very model: :func:`check_analysis_model`) or is
+accumulated here with analyze's own collector.
 """
 
 from __future__ import annotations
@@ -15,8 +16,21 @@ from headgame.analyze.collect import CouplingCollector
 from headgame.data.texts import Sequences, sequence_batches
 from headgame.errors import HeadgameError
 from headgame.game.coupling import interaction_matrix, weight_coupling
+from headgame.models.identity import describe
 from headgame.models.layout import HeadLayout
 from headgame.models.objective import Objective
+
+
+def check_analysis_model(analysis: dict, path: str, spec: str, model_hash: str | None) -> None:
+    """Refuse an analysis of another model (weights hash) or of this model with an adapter on it."""
+    model = analysis.get("model") or {}
+    fix = f"pass --model {model.get('spec')} or an analysis of {spec} (headgame analyze --model {spec} --layers all)"
+    if model.get("hash") and model_hash and model["hash"] != model_hash:
+        raise HeadgameError(f"--analysis {path} is of {describe(model.get('spec'), model['hash'])}, not "
+                            f"{describe(spec, model_hash)}; {fix}")
+    if model.get("adapter"):
+        raise HeadgameError(f"--analysis {path} was made with the adapter {model['adapter']} applied, and prune removes heads "
+                            f"of {spec} alone; analyse {spec} without --adapter (or analyse and prune the merged model of train --save-merged)")
 
 
 def coupling_row_mass(analysis: dict, layout: HeadLayout) -> np.ndarray:

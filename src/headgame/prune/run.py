@@ -21,10 +21,12 @@ import numpy as np
 import torch
 
 from headgame.errors import HeadgameError
-from headgame.runs import check_writable, progress_bar, provenance
+from headgame.outdir import claims_out
+from headgame.runs import progress_bar, provenance
 from headgame.prune.config import PruneConfig
 from headgame.prune.criteria import Criterion, ScoreContext, get_criterion
 from headgame.prune.report import flat_metrics, write_prune_outputs
+from headgame.prune.state import STATE_FILE, PruneState
 from headgame.system import cpu_name
 
 
@@ -101,31 +103,47 @@ def fit_positions(cfg: PruneConfig, max_positions: int | None, notes: dict[str, 
     return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
-def run_prune(cfg: PruneConfig, *, progress: bool = True, console: Any = None) -> dict[str, Any]:
-    """Run ``headgame prune`` end to end; returns the dict written to ``pruning.json``."""
+ARTEFACTS = ("pruning.json", "config.yaml", "pruning_table.md", "pruning_table.csv", "head_scores.csv", "model", STATE_FILE)
+"""What ``headgame prune`` writes into --out (prune/report.py and the pruned model; the main result first)."""
+
+
+def run_prune(cfg: PruneConfig, *, resume: bool = False, progress: bool = True, console: Any = None) -> dict[str, Any]:
+    """Run ``headgame prune`` end to end; returns the dict written to ``pruning.json``.
+
+    ``resume`` continues the interrupted run in ``cfg.out`` from its last checkpoint (prune/state.py).
+    Every input is checked first (prune/checks.py loads the model and writes nothing); only then is
+    --out claimed (``claims_out`` decorates :func:`_prune`), so a bad input leaves no trace.
+    """
+    from headgame.prune.checks import prepare
+
+    t_start = time.perf_counter()
+    loaded = prepare(cfg)
+    return _prune(cfg, loaded, t_start, resume=resume, progress=progress, console=console)
+
+
+run_prune.artefacts = ARTEFACTS  # type: ignore[attr-defined]
+
+
+@claims_out("prune", ARTEFACTS, state=(STATE_FILE,))
+def _prune(cfg: PruneConfig, loaded: Any, t_start: float, *, resume: bool = False, progress: bool = True,
+           console: Any = None) -> dict[str, Any]:
     from headgame.data.texts import load_sequences, resolve_source
     from headgame.fep.run import analyse_symbols
     from headgame.info.analysis import InfoOptions
     from headgame.info.scores import epsilon_nash, spearman
     from headgame.measure.perplexity import perplexity
-    from headgame.measure.select import budget, select_heads
+    from headgame.measure.select import select_heads
     from headgame.measure.symbols import collect_symbols
-    from headgame.models.load import load_model
     from headgame.models.surgery import pruned_copy, save_pruned
     from headgame.prune import cost
 
     out = Path(cfg.out)
-    check_writable(out)
-    t_start = time.perf_counter()
     timing: dict[str, float] = {}
     notes: dict[str, str] = {}
-    loaded = load_model(cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
     model, tok, layout = loaded
-    if loaded.info.get("kind") == "pruned":
-        raise HeadgameError(f"{cfg.model} is already pruned; prune the original model")
+    state = PruneState(out, cfg, loaded.info.get("hash"))  # the settings as asked, before fitting the positions
     cfg = fit_positions(cfg, layout.max_positions, notes)
     n_total = layout.n_layers * layout.n_heads
-    budget([layout.n_heads] * layout.n_layers, cfg.fraction, per_layer=cfg.per_layer)  # fail before any work
     crits = [get_criterion(n) for n in cfg.criteria_list()]
     vocab = int((model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config).vocab_size)
 
@@ -138,13 +156,15 @@ def run_prune(cfg: PruneConfig, *, progress: bool = True, console: Any = None) -
     score_seqs = load_sequences(source, tok, max_tokens=cfg.score_tokens, **load) if needs_info else None
     loss_seqs = load_sequences(source, tok, max_tokens=cfg.loss_tokens, **load) if needs_loss else None
 
-    bar = progress_bar(progress, console, eta=False)
+    bar = progress_bar(progress, console, fields="{task.fields[live]}")
     tasks: dict[str, Any] = {}
+    scoring = [""]  # the criterion being scored, named in the lines of its steps
 
-    def step(name: str, done: int, total: int) -> None:
+    def step(name: str, done: int, total: int, *, label: str | None = None, live: str | None = None) -> None:
         if name not in tasks:
-            tasks[name] = bar.add_task(name, total=total)
-        bar.update(tasks[name], completed=done, total=total)
+            tasks[name] = bar.add_task(name, total=total, live="")
+        label = label or (f"scoring {scoring[0]} · {name}" if scoring[0] else name)
+        bar.update(tasks[name], completed=done, total=total, description=label, **({"live": live} if live is not None else {}))
 
     def info_provider() -> dict:
         t0 = time.perf_counter()
@@ -158,6 +178,11 @@ def run_prune(cfg: PruneConfig, *, progress: bool = True, console: Any = None) -
 
     ctx = ScoreContext(model, tok, layout, info_provider=info_provider if needs_info else None, score_seqs=score_seqs,
                        loss_seqs=loss_seqs, batch_size=cfg.batch_size, seed=cfg.seed, analysis_path=cfg.analysis, progress=step)
+    resumed_at = None
+    if resume:
+        state.restore(ctx.cache, notes)
+        n_variants = sum(cfg.random_seeds if c.name == "random" else 1 for c in crits)
+        resumed_at = state.announce(n_variants, len(evalsets))
     variants: list[Variant] = []
     with bar:
         # ---------------------------------------------------------- scores and pruned copies
@@ -166,11 +191,16 @@ def run_prune(cfg: PruneConfig, *, progress: bool = True, console: Any = None) -
             seeds = [cfg.seed + i for i in range(cfg.random_seeds)] if crit.name == "random" else [cfg.seed]
             for s in seeds:
                 ctx.seed = s
-                scores = crit.compute(ctx)
-                removed = select_heads(crit.pruning_key(scores), cfg.fraction, per_layer=cfg.per_layer)
                 key = crit.name if crit.name != "random" else f"random#{s}"
+                scoring[0] = key
+                if key not in state.scores:
+                    state.scores[key] = crit.compute(ctx)
+                    state.save(ctx.cache, notes)
+                scores = state.scores[key]
+                removed = select_heads(crit.pruning_key(scores), cfg.fraction, per_layer=cfg.per_layer)
                 variants.append(Variant(key, crit, s, scores, removed))
             ctx.seed = cfg.seed
+        scoring[0] = ""
         timing["scoring_s"] = time.perf_counter() - t0
         for v in variants:
             v.model, v.record = pruned_copy(model, layout, v.removed)
@@ -178,21 +208,31 @@ def run_prune(cfg: PruneConfig, *, progress: bool = True, console: Any = None) -
 
         # ---------------------------------------------------------- perplexity
         t0 = time.perf_counter()
-        ppl: dict[str, dict[str, Any]] = {name: {} for name in models}
+        ppl: dict[str, dict[str, Any]] = {name: dict(state.ppl.get(name, {})) for name in models}
         for es in evalsets:
             for i, (name, m) in enumerate(models.items()):
-                ppl[name][es.name] = perplexity(m, layout, tok, es, batch_size=cfg.batch_size, seeds=cfg.pseudo_ppl_seeds)
-                step(f"perplexity {es.name}", i + 1, len(models))
+                step(f"perplexity {es.name}", i, len(models), label=f"measuring {name} · perplexity {es.name}")
+                if es.name not in ppl[name]:
+                    ppl[name][es.name] = perplexity(m, layout, tok, es, batch_size=cfg.batch_size, seeds=cfg.pseudo_ppl_seeds)
+                    state.ppl = ppl
+                    state.save(ctx.cache, notes)
+                last = ppl[name][es.name].get("ppl")
+                step(f"perplexity {es.name}", i + 1, len(models), label=f"perplexity {es.name}",
+                     live=f"last: {name} {last:.3f}" if isinstance(last, (int, float)) else f"last: {name} —")
         timing["perplexity_s"] = time.perf_counter() - t0
 
         # ---------------------------------------------------------- FLOPs
         t0 = time.perf_counter()
-        flops = {}
+        flops = dict(state.flops)
         for i, (name, m) in enumerate(models.items()):
-            flops[name] = {"analytic": cost.analytic_flops(m, layout, cfg.flops_seq_len),
-                           "measured": cost.measured_flops(m, layout, cfg.flops_seq_len, vocab_size=vocab),
-                           "analytic_at_throughput_len": cost.analytic_flops(m, layout, cfg.throughput_seq_len)["total"]}
-            step("FLOPs", i + 1, len(models))
+            step("FLOPs", i, len(models), label=f"measuring {name} · FLOPs")
+            if name not in flops:
+                flops[name] = {"analytic": cost.analytic_flops(m, layout, cfg.flops_seq_len),
+                               "measured": cost.measured_flops(m, layout, cfg.flops_seq_len, vocab_size=vocab),
+                               "analytic_at_throughput_len": cost.analytic_flops(m, layout, cfg.throughput_seq_len)["total"]}
+                state.flops = flops
+                state.save(ctx.cache, notes)
+            step("FLOPs", i + 1, len(models), label="FLOPs")
         timing["flops_s"] = time.perf_counter() - t0
 
         # ---------------------------------------------------------- throughput (paired with base)
@@ -294,7 +334,8 @@ def run_prune(cfg: PruneConfig, *, progress: bool = True, console: Any = None) -
     if cfg.save_model:
         pv = next(v for v in variants if v.criterion.name == primary)
         saved = str(save_pruned(pv.model, tok, out / "model", extra={"criterion": primary, "fraction": cfg.fraction,
-                                                                      "per_layer": cfg.per_layer, "source_model": cfg.model}))
+                                                                      "per_layer": cfg.per_layer, "source_model": cfg.model,
+                                                                      "source_hash": loaded.info.get("hash")}))
     result: dict[str, Any] = {
         **provenance(cfg),
         "model": {"spec": cfg.model, **layout.describe(), "hash": loaded.info.get("hash"), "n_heads_total": n_total},
@@ -308,7 +349,8 @@ def run_prune(cfg: PruneConfig, *, progress: bool = True, console: Any = None) -
         "base": describe("base", None),
         "results": results,
         "saved_model": saved,
-        "timing": {**{k: round(v, 2) for k, v in timing.items()}, "seconds": round(time.perf_counter() - t_start, 2)},
+        "timing": {**{k: round(v, 2) for k, v in timing.items()}, "seconds": round(time.perf_counter() - t_start, 2),
+                   **({"resumed_at": resumed_at} if resumed_at else {})},
         "notes": {
             **notes,
             "flops": "analytic: 2 FLOPs per multiply-add of QKV/O projections, QKᵀ and AV (T keys per query), MLP and LM head, "
@@ -335,4 +377,5 @@ def run_prune(cfg: PruneConfig, *, progress: bool = True, console: Any = None) -
     if ablation is not None:
         head_scores.setdefault("ablation", ablation)
     write_prune_outputs(result, head_scores, out, config_yaml=cfg.to_yaml())
+    state.clear()
     return result

@@ -34,6 +34,8 @@ FIGURES = {  # file stem -> (heading, caption)
         "Redundancy index and the Barlow-Twins loss between heads (uniform and G-adaptive weights).",
     ),
 }
+REPORT_FILES = (*(f"{stem}.png" for stem in FIGURES), "report.html")
+"""Every file :func:`write_report` may write (a fresh run clears them: headgame.outdir)."""
 
 CSS = """
 body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#222;margin:0;background:#f6f7f9}
@@ -51,6 +53,7 @@ th,td{padding:3px 10px;text-align:right;border-bottom:1px solid #eee;white-space
 th{background:#fafafa;position:sticky;top:0}
 tr.max td{background:#fde9c9;font-weight:600}tr.min td{background:#e3eef9}
 .note{color:#666;font-size:.88em}
+dl.defs{font-size:.88em;margin-top:10px}
 """
 
 
@@ -119,6 +122,30 @@ def _explainer(analysis: Mapping[str, Any]) -> str:
     )
 
 
+COLUMN_DEFINITIONS = (  # (column, one-line definition, docs/formulas.md anchor)
+    ("Γ", "off-diagonal mass ‖G − I‖_F of the head interaction matrix G = ω ⊙ ρ", "gamma"),
+    ("Γ_norm, Γ_abs", "Γ/√(H(H−1)) (RMS off-diagonal coupling) and mean |G_ij|, comparable across head counts", "gamma"),
+    ("L_LDB", "log-determinant barrier −log det(G + 0.01 I): large when heads are nearly collinear", "ldb"),
+    ("PoA proxy", "1/(1 − cΓ²), a labelled proxy for the price-of-anarchy bound, not the bound", "poa-proxy"),
+    ("k, coalition sizes", "coalitions of heads by spectral biclustering of |G|", "coalitions"),
+    ("MW p", "one-sided Mann–Whitney p that |G| within coalitions exceeds |G| between them", "mann-whitney"),
+)
+REDUNDANCY_DEFINITIONS = (
+    ("redundancy index", "mean over head pairs i < j of mean |C_ij|, C_ij the z-scored cross-correlation of the "
+                         "two heads' outputs: higher = heads carry more of the same signal", "redundancy"),
+    ("L_ABT adaptive", "the adaptive Barlow-Twins loss between heads: mean over pairs i < j of w_ij ‖C_ij − I‖_F², "
+                       "the pair weights w_ij set from G (docs/formulas.md#pair-weights)", "bt-loss"),
+)
+
+
+def _definitions(with_redundancy: bool) -> str:
+    """One line per column: what it is and its docs/formulas.md entry."""
+    defs = COLUMN_DEFINITIONS + (REDUNDANCY_DEFINITIONS if with_redundancy else ())
+    items = "".join(f"<dt>{_e(name)}</dt><dd>{_e(text)} (<code>docs/formulas.md#{_e(anchor)}</code>)</dd>"
+                    for name, text, anchor in defs)
+    return f'<dl class="meta defs">{items}</dl>'
+
+
 def _table(rows: list[LayerRow]) -> str:
     stats = gamma_stats(rows)
     red = any(r.has_redundancy for r in rows)
@@ -145,6 +172,7 @@ def _table(rows: list[LayerRow]) -> str:
         out.append(f"<tr{cls}>{''.join(cells)}</tr>")
     out.append("</tbody></table>")
     out.append(f'<p class="note">{_e(gamma_footer(stats))}. Orange row: max Γ; blue row: min Γ.</p>')
+    out.append(_definitions(red))
     return "".join(out)
 
 

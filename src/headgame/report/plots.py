@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from headgame.errors import HeadgameError
-from headgame.report.summary import as_float, fmt_num, fmt_p, layer_rows
+from headgame.report.summary import as_float, fmt_delta, fmt_num, fmt_p, layer_rows
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -246,7 +246,7 @@ def plot_matrix_delta(
     image = None
     for ax, (b, a), d, lid in zip(axes, pairs, deltas, layer_ids):
         dg = as_float(a.get("gamma")) - as_float(b.get("gamma"))
-        ax.set_title(f"layer {lid} · ΔΓ = {fmt_num(dg, 3)}", fontsize=10.5, pad=4)
+        ax.set_title(f"layer {lid} · ΔΓ = {fmt_delta(dg)}", fontsize=10.5, pad=4)  # as in the compare table
         if d is None:
             _blank(ax, f"no comparable {key}")
             continue

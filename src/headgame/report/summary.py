@@ -39,6 +39,15 @@ def fmt_num(x: Any, digits: int = 4) -> str:
     return f"{v:#.{digits}g}".rstrip(".")
 
 
+def fmt_delta(x: Any, digits: int = 3) -> str:
+    """A signed difference to ``digits`` significant figures (4.88e-05 → "+4.88e-05", never
+    "+0.0000"); missing or non-finite values give "—"."""
+    v = as_float(x)
+    if not math.isfinite(v):
+        return DASH
+    return f"{v + 0.0:+#.{digits}g}".rstrip(".")
+
+
 def fmt_p(p: Any) -> str:
     """A p-value: three decimals, or scientific notation below 0.001; missing gives "—"."""
     v = as_float(p)
@@ -205,4 +214,11 @@ def print_summary(analysis: Mapping[str, Any], console: Console | None = None) -
 
         console = Console()
     console.print(summary_table(analysis))
-    console.print(gamma_footer(gamma_stats(layer_rows(analysis))))
+    rows = layer_rows(analysis)
+    console.print(gamma_footer(gamma_stats(rows)))
+    if any(r.has_redundancy for r in rows):
+        console.print(REDUNDANCY_NOTE, markup=False, highlight=False)
+
+
+REDUNDANCY_NOTE = ("redundancy = redundancy index: mean over head pairs of mean |C_ij|, their z-scored output "
+                   "cross-correlation (docs/formulas.md#redundancy)")

@@ -24,10 +24,12 @@ import numpy as np
 import torch
 
 from headgame.errors import HeadgameError
+from headgame.outdir import nothing_to_resume
 from headgame.runs import check_identity
 from headgame.io import AtomicDir, write_json_atomic
 from headgame.io import load_state as load_run_state
 from headgame.io import save_state as save_run_state
+from headgame.models.identity import record_base
 
 STATE = "trainer_state.json"
 RUN_STATE = "run_state.safetensors"
@@ -55,13 +57,16 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save(out: Path, step: int, *, model, optimizer, scheduler, state: dict[str, Any], rank: int, world: int,
-         barrier=lambda: None, gather_rng=None, keep: int = 2) -> Path:
-    """Write checkpoint ``step`` (rank 0 writes; every rank's RNG state is gathered first)."""
+         barrier=lambda: None, gather_rng=None, keep: int = 2, base: tuple[str, str] | None = None) -> Path:
+    """Write checkpoint ``step`` (rank 0 writes; every rank's RNG state is gathered first); ``base``
+    (spec, weights hash) is recorded beside the adapter."""
     rngs = gather_rng(rng_state()) if gather_rng is not None else [rng_state()]
     target = checkpoint_dir(out, step)
     if rank == 0:
         with AtomicDir(target) as tmp:
             model.save_pretrained(tmp / "adapter")
+            if base is not None:
+                record_base(tmp / "adapter", *base)
             save_run_state(tmp / RUN_STATE, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rngs})
             write_json_atomic(tmp / STATE, {**state, "step": step, "world_size": world})
         ckpts = sorted((out / "checkpoints").glob("step-*"))
@@ -90,7 +95,7 @@ def find(path: Path) -> Path:
     ckpts = sorted((path / "checkpoints").glob("step-*")) if (path / "checkpoints").is_dir() else []
     ckpts = [c for c in ckpts if (c / STATE).exists()]
     if not ckpts:
-        raise HeadgameError(f"no checkpoint found in {path}; pass a run folder written by headgame train (or one of its checkpoints/step-* folders)")
+        raise nothing_to_resume(path)
     _refuse_pickles(ckpts[-1])
     return ckpts[-1]
 
@@ -137,7 +142,8 @@ def save_trainer(trainer) -> Path:
             return objs
     return save(trainer.out, trainer.step, model=trainer.model, optimizer=trainer.optimizer, scheduler=trainer.scheduler,
                 state=trainer_state(trainer), rank=trainer.rank, world=trainer.world,
-                barrier=trainer.acc.wait_for_everyone, gather_rng=gather, keep=trainer.cfg.keep_checkpoints)
+                barrier=trainer.acc.wait_for_everyone, gather_rng=gather, keep=trainer.cfg.keep_checkpoints,
+                base=(trainer.cfg.model, trainer.base_hash))
 
 
 def restore_trainer(trainer, path: Path) -> Path:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from headgame.config import DTYPES, ConfigMixin, positive_int
+from headgame.config import (DEFAULT_SEQ_LEN, DTYPES, ConfigMixin, check_field_types, check_seed, finite_float, in_range, nonempty, nonneg_int,
+                             positive_int, warn)
 from headgame.errors import HeadgameError
 from headgame.game.losses import PairWeighting
 from headgame.game.schedule import Schedule
@@ -17,17 +18,18 @@ PRECISIONS = ("no", "bf16", "fp16")
 PAPER_DESIGN_DEPTH = 19 / 24
 
 
-def _layer_list(value: Any) -> list[int] | None:
-    if value is None or value == "" or value == []:
+def _layer_list(value: Any, flag: str) -> list[int] | None:
+    """The layers written in a layer flag (the one parser, models/layout.py), in the written order;
+    negative layers count from the end and are resolved once the model is loaded."""
+    from headgame.models.layout import parse_layers
+
+    if value is None or value == []:
         return None
-    if isinstance(value, int):
-        return [value]
-    if isinstance(value, str):
-        try:
-            return [int(v) for v in value.split(",") if v.strip()]
-        except ValueError:
-            raise HeadgameError(f"layer list '{value}' is not understood; use comma-separated integers like 16,19,22") from None
-    return [int(v) for v in value]
+    if isinstance(value, str) and not value.strip():
+        raise HeadgameError(f"{flag} is empty; pass layers like 16,19,22 or 10-19, or leave the flag out for the default")
+    if isinstance(value, str) and value.strip().lower() == "all":
+        raise HeadgameError(f"{flag} takes explicit layers, not all; write a range such as 0-29 (or leave it out for the default)")
+    return parse_layers(value, flag=flag)
 
 
 @dataclass
@@ -45,8 +47,8 @@ class TrainConfig(ConfigMixin):
     """Folder of the public data files (else $HEADGAME_DATA_DIR)."""
     max_tokens: int = 20_000
     """Token budget of training + validation text (the paper uses 20M)."""
-    seq_len: int = 256
-    """Tokens per block (the paper uses 1024)."""
+    seq_len: int | None = None
+    """Tokens per block (default 256, or the model's maximum positions when that is smaller; the paper uses 1024)."""
     batch_size: int = 4
     """Blocks per micro-batch per process."""
     grad_accum: int = 1
@@ -126,12 +128,12 @@ class TrainConfig(ConfigMixin):
     warmup_ratio: float = 0.02
     """Share of the steps of linear learning-rate warm-up before the cosine decay."""
     clip: float = 1.0
-    """Gradient-norm clipping threshold."""
+    """Gradient-norm clipping threshold (0 = no clipping)."""
     mixed_precision: str = "no"
     """Autocast: no, bf16 or fp16 (G, eigvalsh, Barlow Twins and Nash-MTL stay fp32)."""
     # --- bookkeeping
     checkpoint_every: int = 20
-    """Atomic checkpoint every N steps (and on SIGINT/SIGTERM)."""
+    """Atomic checkpoint every N steps (and on SIGINT/SIGTERM; 0 = only then)."""
     keep_checkpoints: int = 2
     """Checkpoints kept on disk (the newest)."""
     save_merged: bool = False
@@ -143,21 +145,47 @@ class TrainConfig(ConfigMixin):
 
     def __post_init__(self) -> None:
         for name in ("design_layers", "abt_layers", "ldb_layers"):
-            setattr(self, name, _layer_list(getattr(self, name)))
+            setattr(self, name, _layer_list(getattr(self, name), f"--{name.replace('_', '-')}"))
         from headgame.train.methods import METHODS
 
+        check_field_types(self)
         method = METHODS.get(self.method)  # unknown name: one line with the valid ones
-        for name in ("max_tokens", "seq_len", "batch_size", "grad_accum", "lora_r", "nash_update_every", "keep_checkpoints"):
+        for name, example in (("model", "smollm2-135m"), ("data", "default"), ("text_field", "text"), ("out", "train-out")):
+            nonempty(getattr(self, name), f"--{name.replace('_', '-')}", example)
+        nonempty(self.data_dir, "--data-dir", "DIR", optional=True)
+        if self.seq_len is not None and (not isinstance(self.seq_len, int) or self.seq_len < 2):
+            raise HeadgameError(f"--seq-len must be an integer >= 2 (next-token prediction needs two tokens), got {self.seq_len!r}; pass e.g. --seq-len 256")
+        for name in ("max_tokens", "batch_size", "grad_accum", "lora_r", "nash_update_every", "keep_checkpoints"):
             positive_int(getattr(self, name), f"--{name.replace('_', '-')}", getattr(type(self), name))
-        for name in ("lambda_abt", "lambda_ldb", "disagreement_lambda", "lr", "weight_decay", "clip", "ema_rate", "ldb_eps"):
-            if getattr(self, name) < 0:
-                raise HeadgameError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}; negative weights would reward what the method taxes")
-        if not 0 < self.val_fraction < 1:
-            raise HeadgameError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
-        if not 0 <= self.rho_ema < 1:
-            raise HeadgameError(f"--rho-ema must be in [0, 1), got {self.rho_ema}")
-        if not 0 <= self.warmup_end <= self.cooldown_start <= 1:
-            raise HeadgameError("phase boundaries must satisfy 0 <= --warmup-end <= --cooldown-start <= 1")
+        nonneg_int(self.val_every, "--val-every", 10, "0 = only at the end")
+        nonneg_int(self.checkpoint_every, "--checkpoint-every", 20, "0 = only on SIGINT/SIGTERM")
+        check_seed(self.seed)
+        for name in ("lambda_abt", "lambda_ldb", "disagreement_lambda"):
+            in_range(getattr(self, name), f"--{name.replace('_', '-')}", 0, example=getattr(type(self), name),
+                     why="a loss weight; a negative one would reward what the method taxes")
+        in_range(self.lr, "--lr", 0, lo_open=True, example=3e-4, why="the AdamW learning rate must be positive")
+        if self.lr >= 0.1:
+            warn(f"--lr {self.lr:g} is far above LoRA's usual 1e-4..1e-3; training will likely diverge")
+        in_range(self.weight_decay, "--weight-decay", 0, example=0.1, why="AdamW weight decay; 0 disables it")
+        in_range(self.clip, "--clip", 0, example=1.0, why="the gradient-norm threshold; 0 disables clipping")
+        in_range(self.warmup_ratio, "--warmup-ratio", 0, 1, example=0.02, why="a share of the steps")
+        if self.warmup_ratio > 0.5:
+            warn(f"--warmup-ratio {self.warmup_ratio:g} spends most steps warming up the learning rate; the paper uses 0.02")
+        in_range(self.lora_alpha, "--lora-alpha", 0, lo_open=True, example=32.0, why="the update is scaled by alpha/r; 0 trains nothing")
+        in_range(self.lora_dropout, "--lora-dropout", 0, 1, hi_open=True, example=0.1, why="a dropout probability")
+        in_range(self.ema_rate, "--ema-rate", 0, 1, example=0.1, why="the rate of an exponential moving average")
+        in_range(self.ema_target, "--ema-target", 0, lo_open=True, example=20.0, why="the value the normalised loss is scaled to")
+        in_range(self.ldb_eps, "--ldb-eps", 0, lo_open=True, example=0.01, why="the ridge and eigenvalue floor of -log det(G + eps I)")
+        in_range(self.w_alpha, "--w-alpha", 0, 1, example=0.929, why="the floor of pair weights in [alpha, 1]")
+        in_range(self.w_beta, "--w-beta", 0, example=15.99, why="a sharpness")
+        finite_float(self.w_tau, "--w-tau", 0.0)
+        in_range(self.val_fraction, "--val-fraction", 0, 1, lo_open=True, hi_open=True, example=0.05, why="a share of the blocks")
+        in_range(self.rho_ema, "--rho-ema", 0, 1, hi_open=True, example=0.9, why="0 = the previous step's exact rho")
+        in_range(self.warmup_end, "--warmup-end", 0, 1, example=0.02, why="a share of the steps")
+        in_range(self.cooldown_start, "--cooldown-start", 0, 1, example=0.879, why="a share of the steps")
+        if self.warmup_end > self.cooldown_start:
+            raise HeadgameError(f"--warmup-end {self.warmup_end} is after --cooldown-start {self.cooldown_start}; "
+                                "phase boundaries must satisfy 0 <= --warmup-end <= --cooldown-start <= 1")
         checks = [
             ("pair_weights", [p.value for p in PairWeighting]),
             ("bt_target", list(BT_TARGETS)),

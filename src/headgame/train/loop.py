@@ -13,6 +13,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,21 +22,20 @@ import torch
 import torch.nn.functional as F
 
 from headgame.errors import HeadgameError
-from headgame.game.coupling import GradientGram, cosine_from_gram
-from headgame.game.nash_mtl import nash_update
-from headgame.game.schedule import lambda_scale
 from headgame.io import AtomicDir, write_json_atomic, write_text_atomic
-from headgame.models.tap import HeadTap
+from headgame.models.identity import record_base
+from headgame.outdir import RunFolder, note
 from headgame.runs import progress_bar
 from headgame.train import checkpoint as ckpt
-from headgame.train.config import TrainConfig, default_design_layer
+from headgame.train.config import DEFAULT_SEQ_LEN, TrainConfig
 from headgame.train.lora import add_lora, param_groups
-from headgame.train.methods import METHODS
-from headgame.train.objective import GameObjective
+from headgame.train.step import GameStep, NonFiniteLoss, game_layers
 
 
 # Fault injection (tests only): the process kills itself with SIGKILL right after this step.
 _FAULT_AFTER_STEP = os.environ.get("HEADGAME_FAULT_AFTER_STEP")
+ARTEFACTS = ("metrics.jsonl", "config.yaml", "summary.json", "adapter", "merged", "checkpoints", "tensorboard")
+"""What ``headgame train`` writes into --out (the main result first); a fresh run clears them."""
 
 
 class Trainer:
@@ -46,41 +46,49 @@ class Trainer:
         self.out = Path(cfg.out)
         self.step = 0
         self._stop_signal: int | None = None
+        self.folder = RunFolder(self.out, command="train", artefacts=ARTEFACTS, resume=bool(resume), identity=cfg.run_identity())
 
     # ================================================================ set-up
     def setup(self) -> "Trainer":
+        """Claim --out (rank 0; headgame.outdir), then build the run; a failed set-up lets --out go."""
+        try:
+            return self._setup()
+        except BaseException:
+            self.folder.release()
+            raise
+
+    def _setup(self) -> "Trainer":
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
-        from headgame.data import load_blocks
+        from headgame.config import check_out_path, with_values
+        from headgame.data import check_source, load_blocks
+        from headgame.models.layout import fit_seq_len
         from headgame.models.load import load_model
 
         cfg = self.cfg
         self.acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
+        # every input is checked (the model loaded, nothing written) before rank 0 claims --out
         if self.rank == 0:
-            from headgame.runs import check_writable
-
-            check_writable(self.out)
+            check_out_path(self.out)
+        check_source(cfg.data, text_field=cfg.text_field, data_dir=cfg.data_dir)
         set_seed(cfg.seed)
         loaded = load_model(cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
         self.base_hash = loaded.info["hash"]
         base, self.tokenizer, self.layout = loaded
         layout = self.layout
-        if layout.max_positions and cfg.seq_len > layout.max_positions:
-            raise HeadgameError(f"--seq-len {cfg.seq_len} exceeds the model's maximum of {layout.max_positions} positions; use --seq-len {layout.max_positions} or less")
-        self.design = [layout.check_layer(l) for l in (cfg.design_layers or [default_design_layer(layout.n_layers)])]
-        self.method = METHODS.get(cfg.method)
-        abt, ldb = self.method.regulariser_layers(cfg, self.design)
-        self.abt_layers = [layout.check_layer(l) for l in abt]
-        self.ldb_layers = [layout.check_layer(l) for l in ldb]
-        self.tap_layers = sorted(set(self.design) | set(self.abt_layers) | set(self.ldb_layers))
-        self.model = add_lora(base, layout, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, seed=cfg.seed)
+        seq_len, fitted = fit_seq_len(cfg.seq_len, DEFAULT_SEQ_LEN, layout.max_positions)
+        self.cfg = cfg = with_values(cfg, seq_len=seq_len)
+        self.design, self.abt_layers, self.ldb_layers = game_layers(cfg, layout.n_layers)
+        self.model = add_lora(base, layout, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, seed=cfg.seed)  # checks --lora-r against the model
+        if self.rank == 0:  # only rank 0 holds --out; it is held until fit ends
+            if fitted:
+                note(fitted)
+            self.folder.identity = cfg.run_identity()
+            self.folder.acquire()
         self.model.to(self.acc.device)
         self.groups = param_groups(self.model, layout)
-        self._offsets = [0]  # where each trainable parameter starts in a flattened gradient
-        for p in self.groups.params:
-            self._offsets.append(self._offsets[-1] + p.numel())
 
         blocks = load_blocks(cfg.data, self.tokenizer, seq_len=cfg.seq_len, max_tokens=cfg.max_tokens,
                              text_field=cfg.text_field, data_dir=cfg.data_dir)
@@ -100,34 +108,20 @@ class Trainer:
         from transformers import get_cosine_schedule_with_warmup
 
         self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, math.ceil(cfg.warmup_ratio * self.total_steps), self.total_steps)
-        dist_sum = self._dist_sum if self.world > 1 else None
-        self.objective = GameObjective(cfg, layout, self.groups, design=self.design, abt_layers=self.abt_layers,
-                                       ldb_layers=self.ldb_layers, all_reduce_sum=dist_sum)
-        eye = torch.eye(layout.n_heads, dtype=torch.float64)
-        self.rho = {l: eye.clone() for l in self.tap_layers}  # no gradient seen yet: ρ = I
-        self.alpha: list[float] | None = None
-        self.alpha_tasks: list[str] | None = None
+        # the per-step work (tasks, arbitration, ρ), shared with headgame.integrations.transformers
+        self.game = GameStep(cfg, layout, self.groups, design=self.design, abt_layers=self.abt_layers,
+                             ldb_layers=self.ldb_layers, world=self.world)
         if self.resume_from:
             self._restore(Path(self.resume_from))
         return self
 
-    # ================================================================ distributed helpers
-    def _dist_sum(self, t: torch.Tensor) -> torch.Tensor:
-        """Differentiable sum over processes (gradients flow back to every process)."""
-        from torch.distributed.nn.functional import all_reduce
-
-        return all_reduce(t)
-
-    def _mean_across(self, flat: torch.Tensor) -> torch.Tensor:
-        if self.world == 1:
-            return flat
-        torch.distributed.all_reduce(flat)
-        return flat / self.world
-
-    def _sum_across(self, t: torch.Tensor) -> torch.Tensor:
-        if self.world > 1:
-            torch.distributed.all_reduce(t)
-        return t
+    # ================================================================ state carried between steps
+    # ρ, α and the objective (with its Barlow-Twins EMA) live in the GameStep (train/step.py);
+    # checkpoints save and restore them through these names.
+    objective = property(lambda self: self.game.objective)
+    rho = property(lambda self: self.game.rho, lambda self, v: setattr(self.game, "rho", v))
+    alpha = property(lambda self: self.game.alpha, lambda self, v: setattr(self.game, "alpha", v))
+    alpha_tasks = property(lambda self: self.game.alpha_tasks, lambda self, v: setattr(self.game, "alpha_tasks", v))
 
     # ================================================================ one step
     def _micro_batches(self, step: int):
@@ -137,94 +131,21 @@ class Trainer:
             idx = self.order[start:start + cfg.batch_size]
             yield self.train_ids[idx].to(self.acc.device)
 
-    def _flat(self, grads, indices) -> torch.Tensor:
-        flat = torch.zeros(self.groups.n_elements, device=self.acc.device, dtype=torch.float32)
-        offsets = self._offsets
-        for i, g in zip(indices, grads):
-            if g is not None:
-                flat[offsets[i]:offsets[i + 1]] = g.reshape(-1).float()
-        return flat
-
-    def _write_grads(self, flat: torch.Tensor) -> None:
-        for i, p in enumerate(self.groups.params):
-            p.grad = flat[self._offsets[i]:self._offsets[i + 1]].view_as(p).to(p.dtype).clone()
-
     def train_step(self) -> dict[str, Any]:
-        cfg, layout = self.cfg, self.layout
+        cfg, game = self.cfg, self.game
         t0 = time.perf_counter()
-        s = lambda_scale(self.step / self.total_steps, cfg.schedule, cfg.warmup_end, cfg.cooldown_start)
-        lambdas = {"abt": cfg.lambda_abt * s, "ldb": cfg.lambda_ldb * s}
-        grams = {l: GradientGram(layout.n_heads, layout.head_dim) for l in self.tap_layers}
-        nash = self.method.arbitrates and cfg.arbitration == "nash_mtl"
-        # α is reused for nash_update_every steps, but never across a change of the task set
-        # (phase boundaries of the λ schedule)
-        recompute = nash and (self.alpha is None or self.step % cfg.nash_update_every == 0
-                              or self.alpha_tasks != self.objective.task_names(lambdas))
-        # then CE goes first, alone, so ρ stays the CE gradient (docs/formulas.md, ρ)
-        split_ce = self.method.ce_goes_alone(cfg, self.tap_layers, self.abt_layers, self.design)
-        task_flat: dict[str, torch.Tensor] = {}
-        logs: list[dict[str, float]] = []
-        self.model.train()
-        tap = HeadTap(self.model, layout, self.tap_layers, keep_graph=True,
-                      on_grad=lambda l, g: grams[l].update(g))
-        with tap:
-            for ids in self._micro_batches(self.step):
-                tap.capture_grads = True
-                with self.acc.autocast():
-                    logits = self.model(input_ids=ids, use_cache=False).logits
-                ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1))
-                heads = {l: tap.inputs[l].reshape(-1, layout.n_heads, layout.head_dim) for l in self.tap_layers}  # [B,T,H*dh] -> [N,H,dh]
-                terms = self.objective.terms(self.model, ce, heads, self.rho, lambdas, cfg.grad_accum, warmup=self.step / self.total_steps < cfg.warmup_end)
-                logs.append(terms.log)
-                bad = [t.name for t in terms.tasks if not torch.isfinite(t.loss)]
-                if bad:
-                    raise _NonFinite(self.step, terms.log)
-                if recompute:  # Nash-MTL: one gradient per task, on the parameters it reaches
-                    for k, task in enumerate(terms.tasks):
-                        idx = task.indices if task.indices is not None else list(range(len(self.groups.params)))
-                        last = k == len(terms.tasks) - 1
-                        grads = torch.autograd.grad(task.loss, [self.groups.params[i] for i in idx], retain_graph=not last, allow_unused=True)
-                        tap.capture_grads = False  # only CE (the first task) feeds ρ
-                        flat = self._flat(grads, idx)
-                        task_flat[task.name] = task_flat[task.name] + flat if task.name in task_flat else flat
-                else:
-                    weights = dict(zip(self.alpha_tasks, self.alpha)) if nash and self.alpha_tasks else {}
-                    weighted = [(weights.get(t.name, 1.0) if nash else 1.0) * t.loss for t in terms.tasks]
-                    if split_ce and len(weighted) > 1:
-                        weighted[0].backward(retain_graph=True)
-                        tap.capture_grads = False
-                        sum(weighted[1:]).backward()
-                    else:
-                        sum(weighted).backward()
-        log = {k: sum(d.get(k, 0.0) for d in logs) / len(logs) for k in logs[0]}
-        if recompute:
-            names = list(task_flat)
-            grads = [self._mean_across(task_flat[n]) for n in names]
-            total, res = nash_update(grads)  # one task (λ = 0): the plain CE gradient, α = 1
-            self.alpha, self.alpha_tasks = [float(a) for a in res.alpha], names
-            self._write_grads(total)
-            log["nash_alpha"] = dict(zip(names, self.alpha))
-            if res.regularised:
-                log["nash_regularised"] = True
-        else:
-            flat = self._flat([p.grad for p in self.groups.params], range(len(self.groups.params)))
-            self._write_grads(self._mean_across(flat))
-            if nash:
-                log["nash_alpha"] = dict(zip(self.alpha_tasks or [], self.alpha or []))
+        game.begin(self.step, self.total_steps)
+        for ids in self._micro_batches(self.step):
+            game.micro_batch(self.model, ids, accum=cfg.grad_accum, autocast=self.acc.autocast)
+        log = game.finish(self.model)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.groups.params, cfg.clip)) if cfg.clip > 0 else float("nan")
-        # ρ of this step's CE gradient, summed over micro-batches and processes (docs/formulas.md#rho)
-        for l in self.tap_layers:
-            gram = self._sum_across(grams[l].gram().to(self.acc.device)).cpu()
-            new = cosine_from_gram(gram) if grams[l].n_tokens else self.rho[l]
-            self.rho[l] = new if cfg.rho_ema == 0 or self.step == 0 else cfg.rho_ema * self.rho[l] + (1 - cfg.rho_ema) * new
-        log.update(self.objective.gamma_log(self.model, self.rho))
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         dt = time.perf_counter() - t0
         record = {
-            "step": self.step + 1, **log, "lambda_abt": lambdas["abt"] if self.abt_layers else 0.0,
-            "lambda_ldb": lambdas["ldb"] if self.ldb_layers else 0.0, "lr": self.scheduler.get_last_lr()[0],
+            "step": self.step + 1, **log, "lambda_abt": game.lambdas["abt"] if self.abt_layers else 0.0,
+            "lambda_ldb": game.lambdas["ldb"] if self.ldb_layers else 0.0, "lr": self.scheduler.get_last_lr()[0],
             "grad_norm": grad_norm, "tokens_per_s": self.global_batch * cfg.seq_len / dt, "seconds": dt,
         }
         self.step += 1
@@ -250,12 +171,20 @@ class Trainer:
 
     def _restore(self, path: Path) -> None:
         self.resumed_from = ckpt.restore_trainer(self, path)
+        if self.rank == 0:
+            print(f"resuming at step {self.step}/{self.total_steps}", file=sys.stderr, flush=True)
 
     # ================================================================ fit
     def _on_signal(self, signum, frame) -> None:
         self._stop_signal = signum
 
     def fit(self) -> dict[str, Any]:
+        try:
+            return self._fit()
+        finally:
+            self.folder.release()
+
+    def _fit(self) -> dict[str, Any]:
         cfg = self.cfg
         main = self.rank == 0
         metrics_path = self.out / "metrics.jsonl"
@@ -275,7 +204,7 @@ class Trainer:
                 while self.step < self.total_steps:
                     try:
                         rec = self.train_step()
-                    except _NonFinite as exc:
+                    except NonFiniteLoss as exc:
                         where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written yet"
                         raise HeadgameError(f"non-finite loss at step {exc.step + 1} ({exc.values}); training stopped, {where}; lower --lr or check the data") from None
                     if cfg.val_every and (self.step % cfg.val_every == 0 or self.step == self.total_steps):
@@ -310,6 +239,8 @@ class Trainer:
         if self.rank == 0:
             with AtomicDir(self.out / "adapter") as tmp:
                 self.model.save_pretrained(tmp)
+                # name the base in adapter_config.json here: peft would look the name up on the hub while saving
+                record_base(tmp, self.cfg.model, self.base_hash)
             records = [json.loads(l) for l in (self.out / "metrics.jsonl").read_text().splitlines() if l.strip()]
             summary = {
                 "method": self.cfg.method, "steps": self.step, "design_layers": self.design,
@@ -323,6 +254,7 @@ class Trainer:
                 with AtomicDir(self.out / "merged") as tmp:
                     merged.save_pretrained(tmp, safe_serialization=True)
                     self.tokenizer.save_pretrained(tmp)
+                    record_base(tmp, self.cfg.model, self.base_hash)
                 summary["merged"] = str(self.out / "merged")
             write_json_atomic(self.out / "summary.json", summary)
         self.acc.wait_for_everyone()
@@ -334,13 +266,6 @@ class Trainer:
         except ImportError:
             raise HeadgameError("--tensorboard needs the tensorboard package; run: pip install 'headgame[tensorboard]'") from None
         return SummaryWriter(str(self.out / "tensorboard"))
-
-
-class _NonFinite(Exception):
-    def __init__(self, step: int, values: dict[str, float]) -> None:
-        super().__init__(step)
-        self.step = step
-        self.values = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
 
 
 class _Interrupted(Exception):

@@ -25,12 +25,43 @@ def add_lora(model: nn.Module, layout: HeadLayout, *, r: int, alpha: float, drop
             f"{fam.name}-family encoder; pick a causal model"
         )
     targets = fam.lora_targets if isinstance(fam.lora_targets, str) else list(fam.lora_targets)
+    check_rank(r, max_rank(model, targets))
     torch.manual_seed(seed)  # LoRA A is initialised randomly; make it reproducible
     config = LoraConfig(
         r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none", task_type="CAUSAL_LM",
         target_modules=targets, fan_in_fan_out=fam.lora_fan_in_fan_out,
     )
     return get_peft_model(model, config)
+
+
+LARGE_RANK = 256
+"""Ranks above this are legal but rarely meant (a warning): adapters grow linearly with r."""
+
+
+def max_rank(model: nn.Module, targets: str | list[str]) -> int:
+    """The smallest dimension of the weights LoRA adapts: a rank above it adds nothing but size.
+    ``targets`` as peft reads them: a regex matched against the full module name, or module-name
+    suffixes."""
+    import re
+
+    def adapted(name: str) -> bool:
+        if isinstance(targets, str):
+            return re.fullmatch(targets, name) is not None
+        return any(name == t or name.endswith("." + t) for t in targets)
+
+    dims = [min(m.weight.shape) for name, m in model.named_modules()
+            if adapted(name) and getattr(getattr(m, "weight", None), "ndim", 0) == 2]
+    return min(dims) if dims else 0
+
+
+def check_rank(r: int, limit: int) -> None:
+    if limit and r > limit:
+        raise HeadgameError(f"--lora-r {r} exceeds the smallest dimension LoRA adapts in this model ({limit}); "
+                            f"use --lora-r {limit} or less (16 is usual)")
+    if r > LARGE_RANK:
+        from headgame.config import warn
+
+        warn(f"--lora-r {r} is unusually large (the adapter grows with r; 8 to 64 is usual)")
 
 
 @dataclass

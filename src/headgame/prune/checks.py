@@ -1,0 +1,35 @@
+"""Every input of ``headgame prune`` checked before --out is claimed: the files it names, the text
+it scores on, and, once the model is loaded (which writes nothing), the settings that depend on it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from headgame.errors import HeadgameError
+from headgame.prune.config import PruneConfig
+
+
+def prepare(cfg: PruneConfig) -> Any:
+    """The loaded model of a prune run whose inputs all passed their checks (nothing is written)."""
+    from headgame.config import check_out_path
+    from headgame.data.texts import check_sequence_source, resolve_source
+    from headgame.measure.select import budget
+    from headgame.models.load import load_model
+
+    check_out_path(cfg.out)
+    for flag, path in (("--analysis", cfg.analysis), ("--gsm8k-file", cfg.gsm8k_file), ("--wikitext-file", cfg.wikitext_file)):
+        if path is not None and not Path(path).is_file():
+            raise HeadgameError(f"{flag} {path} not found; check the path")
+    check_sequence_source(resolve_source(cfg.score_data, cfg.data_dir), text_field=cfg.text_field, data_dir=cfg.data_dir)
+    loaded = load_model(cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+    layout = loaded.layout
+    if loaded.info.get("kind") == "pruned":
+        raise HeadgameError(f"{cfg.model} is already pruned; prune the original model")
+    if cfg.analysis and "coupling" in cfg.criteria_list():  # fail before any work on another model's G
+        from headgame.io import read_analysis
+        from headgame.prune.coupling import check_analysis_model
+
+        check_analysis_model(read_analysis(cfg.analysis), cfg.analysis, cfg.model, loaded.info.get("hash"))
+    budget([layout.n_heads] * layout.n_layers, cfg.fraction, per_layer=cfg.per_layer)
+    return loaded
