@@ -138,7 +138,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         _quiet_libraries()
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        from headgame.dist import exit_after_group
+
+        exit_after_group(code)  # several processes (headgame.dist): nothing of the group outlives the run
+        return code
     except HeadgameError as exc:
         if args.debug:
             raise

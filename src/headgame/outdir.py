@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from headgame.dist import is_main
 from headgame.errors import HeadgameError
 from headgame.io import write_json_atomic
 from headgame.version import __version__
@@ -290,13 +291,14 @@ def claims_out(command: str, artefacts: Sequence[str], *, state: Sequence[str] =
     """Decorate a runner ``fn(cfg, *, resume=False, ...)`` so it holds ``cfg.out`` while it runs.
 
     ``resume`` is read from the keyword arguments; a call with ``write=False`` writes nothing and
-    so claims nothing. The declared names are kept on the runner as ``fn.artefacts``.
+    so claims nothing, nor does a process other than rank 0 of several (:mod:`headgame.dist`):
+    only rank 0 writes. The declared names are kept on the runner as ``fn.artefacts``.
     """
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
         def runner(cfg: Any, *args: Any, **kwargs: Any) -> Any:
-            if kwargs.get("write") is False:
+            if kwargs.get("write") is False or not is_main():
                 return fn(cfg, *args, **kwargs)
             identity = cfg.run_identity() if hasattr(cfg, "run_identity") else None
             with RunFolder(cfg.out, command=command, artefacts=artefacts, resume=bool(kwargs.get("resume")),

@@ -88,6 +88,7 @@ ROWS = [
     ("train-design-layers-empty", TR + ["--design-layers", ""], "--design-layers is empty"),
     ("train-abt-layers-out-of-range", TR + ["--abt-layers", "-9"], "--abt-layers -9 is out of range"),
     ("train-mixed-precision", TR + ["--mixed-precision", "fp8"], "--mixed-precision fp8 is not valid"),
+    ("train-loss-on", TR + ["--loss-on", "prompt"], "--loss-on prompt is not valid; choose one of assistant, all"),
     ("train-lambda-negative", TR + ["--lambda-abt", "-0.5"], "would reward what the method taxes"),
     ("train-rho-ema-1", TR + ["--rho-ema", "1"], "--rho-ema must be in [0, 1)"),
     ("train-grad-accum-0", TR + ["--grad-accum", "0"], "--grad-accum must be a positive integer"),

@@ -95,6 +95,31 @@ class CouplingCollector:
         for l, s in state["moments"].items():
             self.moments[l].load_state_dict(s)
 
+    def gather(self) -> None:
+        """Fold the accumulators of every process (headgame.dist) into this one, in rank order:
+        the Gram sums, token and target counts and loss sums add; the output moments merge
+        exactly (Chan's formula). Nothing to do on one process."""
+        from headgame.dist import all_gather
+
+        states = all_gather(self.state_dict())
+        if len(states) == 1:
+            return
+        self.n_batches = sum(s["n_batches"] for s in states)
+        self.n_targets = sum(s["n_targets"] for s in states)
+        self.loss_sum = sum(s["loss_sum"] for s in states)
+        for l in self.layers:
+            self.grams[l] = GradientGram(self.layout.n_heads, self.layout.head_dim)
+            for s in states:
+                part = GradientGram(self.layout.n_heads, self.layout.head_dim)
+                part.load_state_dict(s["grams"][l])
+                self.grams[l].merge(part)
+        for l in self.moments:
+            self.moments[l] = OutputMoments(self.layout.n_heads, self.layout.head_dim)
+            for s in states:
+                part = OutputMoments(self.layout.n_heads, self.layout.head_dim)
+                part.load_state_dict(s["moments"][l])
+                self.moments[l].merge(part)
+
     def layer_results(self, seed: int = 0) -> list[dict[str, Any]]:
         return [
             analyse_layer(

@@ -56,6 +56,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, AnalyzeConfig, **overrides)
     console = Console(stderr=True)
     analysis = run_analysis(cfg, resume=args.resume is not None, progress=not args.no_progress, console=console)
+    from headgame.dist import is_main
+
+    if not is_main():  # rank 0 of several processes reports
+        return 0
     print_summary(analysis, console=Console())
     out = os.path.abspath(cfg.out)
     print(f"wrote {os.path.join(out, 'analysis.json')} and {os.path.join(out, 'report.html')}")

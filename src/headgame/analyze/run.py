@@ -18,6 +18,7 @@ from typing import Any
 from headgame.analyze.collect import CouplingCollector, summarise
 from headgame.analyze.config import DEFAULT_SEQ_LEN, AnalyzeConfig
 from headgame.config import check_out_path, with_values
+from headgame.dist import finish, shard, world
 from headgame.errors import HeadgameError
 from headgame.io import load_state, read_analysis, save_state, write_json_atomic, write_text_atomic
 from headgame.models.objective import Objective
@@ -77,9 +78,13 @@ def run_analysis(
     Every input is checked first (:func:`prepare` loads the model and writes nothing); only then
     is --out claimed (``claims_out`` decorates :func:`_analyze`), so a bad input leaves no trace."""
     t_start = time.perf_counter()
+    if world()[1] > 1 and resume:
+        raise HeadgameError("--resume continues a run of one process; rerun it without a launcher, or start over without --resume")
     cfg, loaded, layers, heat = prepare(cfg)
-    return _analyze(cfg, loaded, layers, heat, t_start, resume=resume, progress=progress, report=report,
-                    console=console, on_batch=on_batch)
+    analysis = _analyze(cfg, loaded, layers, heat, t_start, resume=resume, progress=progress, report=report,
+                        console=console, on_batch=on_batch)
+    finish()  # several processes: all of them are done before any exits
+    return analysis
 
 
 def prepare(cfg: AnalyzeConfig) -> tuple[AnalyzeConfig, Any, list[int], list[int] | None]:
@@ -124,6 +129,8 @@ def _analyze(cfg: AnalyzeConfig, loaded: Any, layers: list[int], heat: list[int]
                          data_dir=cfg.data_dir, encoder=not layout.causal)
     objective = Objective(model, layout, tok, seed=cfg.seed)
     n_batches = math.ceil(blocks.input_ids.shape[0] / cfg.batch_size)
+    rank, n_proc = world()
+    mine = shard(n_batches, rank, n_proc)  # this process's batches; the accumulators are summed after the loop
     collector = CouplingCollector(model, layout, objective, layers, redundancy=cfg.redundancy)
     model_hash = loaded.info["hash"]
     start_batch = 0
@@ -136,24 +143,27 @@ def _analyze(cfg: AnalyzeConfig, loaded: Any, layers: list[int], heat: list[int]
         start_batch = collector.n_batches
         print(f"resuming at batch {start_batch}/{n_batches}", file=sys.stderr)
 
-    bar = progress_bar(progress, console, fields="batches · {task.fields[tps]:.0f} tok/s · mean Γ {task.fields[gamma]:.3f}")
+    bar = progress_bar(progress and rank == 0, console, fields="batches · {task.fields[tps]:.0f} tok/s · mean Γ {task.fields[gamma]:.3f}")
     t_loop = time.perf_counter()
     skipped = int(blocks.attention_mask[: start_batch * cfg.batch_size].sum())  # tokens of the batches resumed past
     with collector, bar:
-        task = bar.add_task("analyze", total=n_batches, completed=start_batch, gamma=float("nan"), tps=0.0)
+        task = bar.add_task("analyze", total=len(mine), completed=start_batch, gamma=float("nan"), tps=0.0)
         for i, (ids, mask) in enumerate(iter_batches(blocks, cfg.batch_size)):
-            if i < start_batch:
+            if i < start_batch or i not in mine:
+                if n_proc > 1 and i < mine.start:
+                    objective.skip(ids)  # the masks of the batches before this shard, as one process draws them
                 continue
             full = bool(mask.all())
             collector.step(ids, None if (full and layout.causal) else mask)
-            done_tokens = int(blocks.attention_mask[: (i + 1) * cfg.batch_size].sum())
+            done_tokens = int(blocks.attention_mask[mine.start * cfg.batch_size: (i + 1) * cfg.batch_size].sum())
             tps = (done_tokens - skipped) / max(time.perf_counter() - t_loop, 1e-9)
             bar.update(task, advance=1, gamma=collector.running_gamma(), tps=tps)
-            if cfg.checkpoint_every and (i + 1) % cfg.checkpoint_every == 0 and i + 1 < n_batches:
+            if n_proc == 1 and cfg.checkpoint_every and (i + 1) % cfg.checkpoint_every == 0 and i + 1 < n_batches:
                 _save_state(out, cfg, model_hash, collector)
             if on_batch is not None:
                 on_batch(i)
     loop_seconds = time.perf_counter() - t_loop
+    collector.gather()
 
     layer_results = collector.layer_results(seed=cfg.seed)
     analysis: dict[str, Any] = {
@@ -175,6 +185,8 @@ def _analyze(cfg: AnalyzeConfig, loaded: Any, layers: list[int], heat: list[int]
             "poa_proxy": "1/(1 - c·Γ²) with c = 1/(H(H-1)): a proxy, not the paper's bound (docs/formulas.md#poa-proxy)",
         },
     }
+    if rank != 0:  # only rank 0 writes (headgame.dist)
+        return analysis
     write_json_atomic(out / "analysis.json", analysis)
     write_text_atomic(out / "config.yaml", cfg.to_yaml())
     if report:

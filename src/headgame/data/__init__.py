@@ -6,12 +6,14 @@
   documents from a file, folder, the data directory, the packaged default corpus or the hub;
 * :mod:`~headgame.data.packing`: ``pack_blocks`` turns them into ``Blocks`` of ``seq_len`` tokens
   under a token budget; ``iter_batches`` slices those into batches;
+* :mod:`~headgame.data.chat`: chat and instruction JSONL (``messages`` or ``prompt``/``completion``)
+  for ``headgame train``, one conversation per padded row with labels on the assistant tokens;
 * :mod:`~headgame.data.texts`: GSM8K problems and WikiText-2 as right-padded ``Sequences``, one
   text per sequence (GT-FEP observations and perplexity sets);
 * :mod:`~headgame.data.benchmarks`: where each benchmark's files are found (data directory,
   offline package, hub) and readers that name the file and line of a bad record.
 
-``texts`` and ``benchmarks`` are imported on use (``from headgame.data.texts import ...``).
+``chat``, ``texts`` and ``benchmarks`` are imported on use (``from headgame.data.texts import ...``).
 """
 
 from __future__ import annotations

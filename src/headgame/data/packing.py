@@ -38,13 +38,17 @@ class Blocks:
     input_ids: torch.Tensor
     """``[n_blocks, seq_len]`` int64 token ids."""
     attention_mask: torch.Tensor
-    """``[n_blocks, seq_len]`` int64, 1 = real token (packing never pads, so all ones)."""
+    """``[n_blocks, seq_len]`` int64, 1 = real token (packing never pads, so all ones; chat rows
+    of :mod:`headgame.data.chat` are right-padded)."""
     n_tokens: int
     """Non-pad tokens in the blocks (including CLS/SEP/EOS/BOS)."""
     n_documents: int
     """Documents that contributed at least one token to the blocks."""
     source: str
     """Name of the data source, for reports."""
+    labels: torch.Tensor | None = None
+    """``[n_blocks, seq_len]`` int64 unshifted targets, -100 = no loss (None: every token is its
+    own target, as in packed text)."""
 
     @property
     def n_blocks(self) -> int:

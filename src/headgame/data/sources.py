@@ -261,7 +261,23 @@ def _read_text(path: Path) -> str:
     return _decode(raw, path).replace("\r\n", "\n")
 
 
-def _iter_jsonl(path: Path, text_field: str) -> Iterator[str]:
+def json_records(
+    source: str, *, text_field: str = "text", data_dir: str | os.PathLike[str] | None = None
+) -> Iterator[tuple[str, Any]] | None:
+    """The raw records of a source that is one JSON/JSONL file, as ``(where, record)`` with
+    ``where`` naming the file and line for errors; None for any other source (nothing is read)."""
+    if source in ("default", "gutenberg") or source.startswith("hf:"):
+        return None
+    path = data_path(source, data_dir) if source.startswith("data:") else Path(source).expanduser()
+    if not path.is_file():
+        return None
+    kind = _kind(path)
+    if kind == "jsonl":
+        return _jsonl_records(path)
+    return _json_records(path, text_field) if kind == "json" else None
+
+
+def _jsonl_records(path: Path) -> Iterator[tuple[str, Any]]:
     _check_not_binary(path)
     with _guard(path), _open(path) as fh:
         for lineno, raw in enumerate(fh, start=1):
@@ -275,18 +291,30 @@ def _iter_jsonl(path: Path, text_field: str) -> Iterator[str]:
                     f"data file {path} line {lineno} is not valid JSON ({exc.msg}); "
                     "fix or remove that line"
                 ) from exc
-            text = _record_text(record, f"data file {path} line {lineno}", text_field)
-            if text is not None:
-                yield text
+            yield f"data file {path} line {lineno}", record
+
+
+def _iter_jsonl(path: Path, text_field: str) -> Iterator[str]:
+    for where, record in _jsonl_records(path):
+        text = _record_text(record, where, text_field)
+        if text is not None:
+            yield text
 
 
 def _iter_json(path: Path, text_field: str) -> Iterator[str]:
+    for where, record in _json_records(path, text_field):
+        doc = _record_text(record, where, text_field)
+        if doc is not None:
+            yield doc
+
+
+def _json_records(path: Path, text_field: str) -> Iterator[tuple[str, Any]]:
     try:
         data = json.loads(_read_text(path))
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data":
             # Many ".json" files are really JSON lines; read them as such.
-            yield from _iter_jsonl(path, text_field)
+            yield from _jsonl_records(path)
             return
         raise HeadgameError(
             f"data file {path} is not valid JSON ({exc.msg} at line {exc.lineno} column "
@@ -300,9 +328,7 @@ def _iter_json(path: Path, text_field: str) -> Iterator[str]:
             f"strings or of objects with a '{text_field}' field"
         )
     for index, record in enumerate(data, start=1):
-        doc = _record_text(record, f"data file {path} item {index}", text_field)
-        if doc is not None:
-            yield doc
+        yield f"data file {path} item {index}", record
 
 
 def _record_text(record: Any, where: str, text_field: str) -> str | None:

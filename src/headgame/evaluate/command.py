@@ -59,12 +59,17 @@ def run(args: argparse.Namespace) -> int:
 
     from headgame.evaluate.runner import run_eval
 
+    from headgame.dist import is_main
+
     err = Console(stderr=True)
-    say = lambda msg: err.print(msg, markup=False, highlight=False)  # noqa: E731
-    if args.no_progress or not sys.stderr.isatty() and os.environ.get("HEADGAME_PROGRESS") != "1":
+    main = is_main()  # of several processes, rank 0 alone reports
+    say = (lambda msg: err.print(msg, markup=False, highlight=False)) if main else (lambda msg: None)  # noqa: E731
+    if args.no_progress or not main or not sys.stderr.isatty() and os.environ.get("HEADGAME_PROGRESS") != "1":
         result = run_eval(cfg, say=say)
     else:
         result = _with_progress(cfg, err, say)
+    if not main:
+        return 0
     print_scores(result)
     print(f"wrote {os.path.join(os.path.abspath(cfg.out), 'eval.json')}")
     return 0

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from headgame.dist import merge_indexed, my_share
 from headgame.evaluate.decoding import PositionStates, Sharpness, feed_sharpness
 from headgame.evaluate.forward import Prefix, expand_cache, prefix_runs
 from headgame.evaluate.requests import GenerateRequest, without_span
@@ -51,20 +52,26 @@ def generate(scorer: "HFScorer", requests: Sequence[GenerateRequest], progress: 
     prompts = [_prompt_views(scorer, r) for r in requests]
     # every row keeps at least its last prompt token out of the prefix
     limits = [min(len(v) for v in views) - 1 for views in prompts]
-    outputs = [""] * len(requests)
+    outputs: dict[int, str] = {}
     done = 0
-    for plen, members in prefix_runs(prompts, scorer.cfg.min_prefix, limits):
-        prefix = scorer.prefix(prompts[members[0]][0][:plen]) if plen else None
-        for start in range(0, len(members), scorer.cfg.gen_batch):
-            idx = members[start: start + scorer.cfg.gen_batch]
-            rows = [v for i in idx for v in prompts[i]]
-            texts = _generate_batch(scorer, [requests[i] for i in idx], rows, prefix)
-            for i, text in zip(idx, texts):
-                outputs[i] = text
-            done += len(idx)
-            if progress is not None:
-                progress(done, {i: outputs[i] for i in idx})
-    return outputs
+    runs = prefix_runs(prompts, scorer.cfg.min_prefix, limits)
+    # the work is (run, batch) pairs; several processes take contiguous blocks of them (headgame.dist)
+    work = [(g, start) for g, (_, members) in enumerate(runs) for start in range(0, len(members), scorer.cfg.gen_batch)]
+    current, prefix = -1, None
+    for g, start in (work[w] for w in my_share(len(work))):
+        plen, members = runs[g]
+        if g != current:
+            current, prefix = g, (scorer.prefix(prompts[members[0]][0][:plen], counted=start == 0) if plen else None)
+        idx = members[start: start + scorer.cfg.gen_batch]
+        rows = [v for i in idx for v in prompts[i]]
+        texts = _generate_batch(scorer, [requests[i] for i in idx], rows, prefix)
+        for i, text in zip(idx, texts):
+            outputs[i] = text
+        done += len(idx)
+        if progress is not None:
+            progress(done, {i: outputs[i] for i in idx})
+    outputs = merge_indexed(outputs)
+    return [outputs.get(i, "") for i in range(len(requests))]
 
 
 def _generate_batch(scorer: "HFScorer", reqs: list[GenerateRequest], rows: list[list[int]], prefix: Prefix | None) -> list[str]:

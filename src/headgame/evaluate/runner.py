@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from headgame.dist import all_gather, finish, world
 from headgame.system import package_versions
 from headgame.errors import HeadgameError
 from headgame.evaluate.config import EvalConfig
@@ -162,6 +163,7 @@ def run_eval(cfg: EvalConfig, *, say: Say = print, progress: Callable[[str, int]
 
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
+    world()  # several processes (headgame.dist): each scores its share of every request kind
     notes: list[str] = []
     model_info: dict = {"spec": cfg.model}
     scorer = None
@@ -172,7 +174,9 @@ def run_eval(cfg: EvalConfig, *, say: Say = print, progress: Callable[[str, int]
         scorer = lm = build_scorer(cfg, model, tokenizer, model_info, notes, say)
         model_info["max_length"] = scorer.cfg.max_length
         model_info["chat_template"] = scorer.tokens.chat
-    return _eval(cfg, lm, scorer, model_info, notes, started, t0, say=say, progress=progress, write=write)
+    result = _eval(cfg, lm, scorer, model_info, notes, started, t0, say=say, progress=progress, write=write)
+    finish()  # several processes: all of them are done before any exits
+    return result
 
 
 run_eval.artefacts = ARTEFACTS  # type: ignore[attr-defined]
@@ -189,8 +193,9 @@ def _eval(cfg: EvalConfig, lm: LanguageModel, scorer: Any, model_info: dict, not
         "notes": notes, "timing": body["timing"], "tasks": body["tasks"],
     }
     if scorer is not None:
-        result["engine"] = dict(scorer.stats)
-    if write:
+        parts = all_gather(dict(scorer.stats))  # every process's share of the work
+        result["engine"] = {k: sum(p[k] for p in parts) for k in scorer.stats}
+    if write and world()[0] == 0:  # only rank 0 writes
         write_results(result, cfg)
     return result
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from headgame.dist import merge_indexed, my_share
 from headgame.evaluate.decoding import DecodingMethod, PositionStates, Sharpness, feed_sharpness
 from headgame.evaluate.forward import ModelParts, Prefix, common_prefix_len, prefix_runs, run_prefix, run_rows
 from headgame.evaluate.generation import generate
@@ -209,27 +210,32 @@ class HFScorer:
 
     def _score_units(self, units: list[Unit], progress: Callable[[int, list], None] | None) -> list[tuple[float, bool]]:
         """(log-probability, is greedy) per unit; ``progress(done, [(unit, result), ...])`` after each chunk."""
-        results: list[tuple[float, bool] | None] = [None] * len(units)
+        results: dict[int, tuple[float, bool]] = {}
         done = 0
-        for plen, members in self._groups(units):
-            prefix = None
-            if plen:
-                prefix = self.prefix(members[0].rows[0][:plen])
-            for start in range(0, len(members), self.cfg.chunk_units):
-                chunk = members[start: start + self.cfg.chunk_units]
-                pairs = list(zip(chunk, self._score_chunk(chunk, prefix)))
-                for u, res in pairs:
-                    results[u.index] = res
-                done += len(chunk)
-                if progress is not None:
-                    progress(done, pairs)
-        return [r if r is not None else (0.0, True) for r in results]
+        groups = self._groups(units)
+        # the work is (run, chunk) pairs; several processes take contiguous blocks of them (headgame.dist)
+        work = [(g, start) for g, (_, members) in enumerate(groups) for start in range(0, len(members), self.cfg.chunk_units)]
+        current, prefix = -1, None
+        for g, start in (work[w] for w in my_share(len(work))):
+            plen, members = groups[g]
+            if g != current:
+                current, prefix = g, (self.prefix(members[0].rows[0][:plen], counted=start == 0) if plen else None)
+            chunk = members[start: start + self.cfg.chunk_units]
+            pairs = list(zip(chunk, self._score_chunk(chunk, prefix)))
+            for u, res in pairs:
+                results[u.index] = res
+            done += len(chunk)
+            if progress is not None:
+                progress(done, pairs)
+        results = merge_indexed(results)
+        return [results.get(u.index, (0.0, True)) for u in units]
 
-    def prefix(self, tokens: tuple[int, ...] | list[int]) -> Prefix:
-        """Run a shared prefix once (with ActDec's sharpness state after it)."""
+    def prefix(self, tokens: tuple[int, ...] | list[int], counted: bool = True) -> Prefix:
+        """Run a shared prefix once (with ActDec's sharpness state after it). ``counted=False``: a
+        process that takes up a run midway repeats the prefix the run's first process counted."""
         prefix = run_prefix(self.parts, tokens, self.info_layer)
-        self.stats["prefix_tokens"] += prefix.length
-        self.stats["forward_tokens"] += prefix.length
+        self.stats["prefix_tokens"] += prefix.length if counted else 0
+        self.stats["forward_tokens"] += prefix.length if counted else 0
         if self.info_layer is not None:
             prefix.sharpness = Sharpness(self.parts.vocab_size)
             feed_sharpness(self.parts, prefix.sharpness, prefix.info_hidden, self.info_layer)

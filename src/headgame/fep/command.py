@@ -43,6 +43,10 @@ def run(args: argparse.Namespace) -> int:
         cfg = config_from_args(args, FepConfig)
     err = Console(stderr=True)
     result = run_fep(cfg, resume=args.resume is not None, progress=not args.no_progress, console=err)
+    from headgame.dist import is_main
+
+    if not is_main():  # rank 0 of several processes reports
+        return 0
     for w in result.get("warnings", []):
         err.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
     print_summary(result, Console())

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from headgame.data.texts import load_sequences, prefix, resolve_source
+from headgame.dist import finish, merge_indexed, my_share, world
 from headgame.errors import HeadgameError
 from headgame.outdir import claims_out, note
 from headgame.runs import progress_bar, provenance
@@ -102,8 +103,12 @@ def run_fep(cfg: FepConfig, *, resume: bool = False, progress: bool = True, cons
     is --out claimed (``claims_out`` decorates :func:`_fep`), so a bad input leaves no trace.
     """
     t_start = time.perf_counter()
+    if world()[1] > 1 and resume:
+        raise HeadgameError("--resume continues a run of one process; rerun it without a launcher, or start over without --resume")
     cfg, loaded, layers, source = prepare(cfg)
-    return _fep(cfg, loaded, layers, source, t_start, resume=resume, progress=progress, console=console, report=report)
+    result = _fep(cfg, loaded, layers, source, t_start, resume=resume, progress=progress, console=console, report=report)
+    finish()  # several processes: all of them are done before any exits
+    return result
 
 
 def prepare(cfg: FepConfig) -> tuple[FepConfig, Any, list[int], str]:
@@ -146,7 +151,8 @@ def _fep(cfg: FepConfig, loaded: Any, layers: list[int], source: str, t_start: f
     if resume:
         state.restore()
         resumed_at = state.announce(math.ceil(seqs.n_sequences / cfg.batch_size), layers, layout.n_layers if with_ablation else 0)
-    bar = progress_bar(progress, console, fields="{task.fields[live]}")  # live figures: headgame.fep.progress
+    main, n_proc = state.rank == 0, state.n_proc
+    bar = progress_bar(progress and main, console, fields="{task.fields[live]}")  # live figures: headgame.fep.progress
     timing: dict[str, float] = {}
     with bar:
         t0 = time.perf_counter()
@@ -170,10 +176,15 @@ def _fep(cfg: FepConfig, loaded: Any, layers: list[int], source: str, t_start: f
             task = bar.add_task("ablation", total=layout.n_layers * layout.n_heads, live="")
             heads_s = step_rate("heads")
             abl_seqs = prefix(seqs, cfg.ablation_budget)
-            note(ablation_cost(layout, abl_seqs, cfg.ablation_budget, timing["discretise_s"] / max(seqs.n_tokens, 1)))
+            if main:
+                note(ablation_cost(layout, abl_seqs, cfg.ablation_budget, timing["discretise_s"] / max(seqs.n_tokens, 1)))
+            mine = my_share(layout.n_layers * layout.n_heads) if n_proc > 1 else None  # each process ablates a block of heads
             ablation, base_nll = ablation_delta_nll(model, layout, tok, abl_seqs, batch_size=cfg.batch_size, seed=cfg.seed,
                                                     on_step=lambda d, t: bar.update(task, completed=d, live=heads_s(d)),
-                                                    done=state.ablation, on_layer=state.ablation_done)
+                                                    done=state.ablation, on_layer=state.ablation_done, heads=mine)
+            if mine is not None:
+                shares = merge_indexed({i: float(ablation.flat[i]) for i in mine})
+                ablation = np.array([shares[i] for i in range(ablation.size)], dtype=np.float64).reshape(ablation.shape)
             timing["ablation_s"] = time.perf_counter() - t0
 
     warnings = saturation(infos, symbols.n_obs)
@@ -221,6 +232,8 @@ def _fep(cfg: FepConfig, loaded: Any, layers: list[int], source: str, t_start: f
             "orders": "dividends of order ≥ 4 come from joint entropies that saturate near log2(n): interpret them cautiously",
         },
     }
+    if not main:  # only rank 0 writes (headgame.dist)
+        return result
     head_scores = {"entropy": h1, **scores}
     if ablation is not None:
         head_scores["ablation"] = ablation

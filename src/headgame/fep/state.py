@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from headgame.dist import all_gather, merge_indexed, shard, world
 from headgame.errors import HeadgameError
 from headgame.info import dividends as dv
 from headgame.info.analysis import InfoOptions, LayerInfo, analyse_layer
@@ -137,6 +138,7 @@ class FepState:
         self.batches_done = 0
         self.infos: dict[int, LayerInfo] = {}
         self.ablation: tuple[np.ndarray, float, int] | None = None  # (ΔNLL [L, H], base NLL, layers done)
+        self.rank, self.n_proc = world()  # several processes (headgame.dist) share each stage and save nothing
 
     def restore(self) -> None:
         run = self.file.load()
@@ -147,6 +149,8 @@ class FepState:
         self.ablation = None if abl is None else (_np(abl["delta"]).astype(np.float64), float(abl["base"]), int(abl["layers_done"]))
 
     def save(self) -> None:
+        if self.n_proc > 1:
+            return
         abl = self.ablation
         self.file.save({
             "batches_done": self.batches_done, "symbols": None if self.symbols is None else pack_symbols(self.symbols),
@@ -175,6 +179,8 @@ class FepState:
         """Argmax-key symbols of every sequence, ``--checkpoint-every`` batches at a time."""
         bs = self.cfg.batch_size
         n_batches = math.ceil(seqs.n_sequences / bs)
+        if self.n_proc > 1:
+            return self._collect_shared(model, layout, seqs, layers, on_batch, n_batches)
         every = self.cfg.checkpoint_every or n_batches
         if self.batches_done:
             on_batch(min(self.batches_done * bs, seqs.n_sequences), seqs.n_sequences)
@@ -188,8 +194,29 @@ class FepState:
         assert self.symbols is not None
         return self.symbols
 
+    def _collect_shared(self, model: Any, layout: Any, seqs: Any, layers: list[int], on_batch: Any, n_batches: int) -> HeadSymbols:
+        """Each process collects a contiguous block of batches; the blocks join in rank order, so
+        the symbols are those of one process."""
+        bs, mine = self.cfg.batch_size, shard(n_batches, self.rank, self.n_proc)
+        part = None
+        if len(mine):
+            part = pack_symbols(collect_symbols(model, layout, seqs.input_ids, seqs.attention_mask, layers=layers,
+                                                alphabet=self.cfg.alphabet, batch_size=bs, on_batch=on_batch,
+                                                start=mine.start * bs, stop=mine.stop * bs))
+        self.symbols = concat_symbols([unpack_symbols(p) for p in all_gather(part) if p is not None])
+        self.batches_done = n_batches
+        return self.symbols
+
     def analyse(self, symbols: HeadSymbols, opts: InfoOptions, on_layer: Any) -> dict[int, LayerInfo]:
-        """The information analysis of every layer, saved after each."""
+        """The information analysis of every layer, saved after each (several processes: each
+        analyses a block of layers; every layer's numbers depend on its symbols and seed alone)."""
+        if self.n_proc > 1:
+            mine = [symbols.layers[i] for i in shard(len(symbols.layers), self.rank, self.n_proc)]
+            local = {l: pack_info(analyse_layer(l, symbols.x[l], symbols.seq, symbols.alphabet_size, opts)) for l in mine}
+            self.infos = {l: unpack_info(d) for l, d in merge_indexed(local).items()}
+            for layer in symbols.layers:
+                on_layer(layer)
+            return {l: self.infos[l] for l in symbols.layers}
         for layer in symbols.layers:
             if layer not in self.infos:
                 self.infos[layer] = analyse_layer(layer, symbols.x[layer], symbols.seq, symbols.alphabet_size, opts)

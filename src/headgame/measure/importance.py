@@ -59,11 +59,13 @@ def mean_nll(model, layout, tokenizer, seqs: Sequences, batch_size: int, *, seed
 
 def ablation_delta_nll(model, layout: HeadLayout, tokenizer, seqs: Sequences, *, batch_size: int = 4, seed: int = 0,
                        on_step: Progress | None = None, done: tuple[np.ndarray, float, int] | None = None,
-                       on_layer: Callable[[np.ndarray, float, int], None] | None = None) -> tuple[np.ndarray, float]:
+                       on_layer: Callable[[np.ndarray, float, int], None] | None = None,
+                       heads: range | None = None) -> tuple[np.ndarray, float]:
     """ΔNLL (nats/token) of gating off each head alone, [L, H]; and the unablated NLL.
 
     ``on_layer(delta, base, layers_done)`` is called after each layer (checkpoints); ``done``,
     such a triple, continues from it (every head's forward is independent of the others').
+    ``heads``: only these flat indices l·H + h are ablated (one process's share), the rest stay 0.
     """
     gates = {l: torch.ones(layout.n_heads) for l in range(layout.n_layers)}
     out = np.zeros((layout.n_layers, layout.n_heads)) if done is None else np.array(done[0], dtype=np.float64)
@@ -72,6 +74,8 @@ def ablation_delta_nll(model, layout: HeadLayout, tokenizer, seqs: Sequences, *,
         base = mean_nll(model, layout, tokenizer, seqs, batch_size, seed=seed) if done is None else done[1]
         for l in range(0 if done is None else done[2], layout.n_layers):
             for h in range(layout.n_heads):
+                if heads is not None and l * layout.n_heads + h not in heads:
+                    continue
                 gates[l][h] = 0.0
                 out[l, h] = mean_nll(model, layout, tokenizer, seqs, batch_size, seed=seed) - base
                 gates[l][h] = 1.0

@@ -91,6 +91,12 @@ class Objective:
 
             raise HeadgameError("the tokenizer has no [MASK] token, needed for the masked-LM objective; use a BERT-family tokenizer")
 
+    def skip(self, input_ids: torch.Tensor) -> None:
+        """Draw (and drop) the masked-LM draws of a batch scored elsewhere (another process), so
+        the batches after it are masked as in a run that scores every batch."""
+        if not self.layout.causal:
+            torch.rand(input_ids.shape, generator=self.generator)
+
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> LossOutput:
         if self.layout.causal:
             return causal_lm_loss(self.model, input_ids, attention_mask)

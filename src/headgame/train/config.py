@@ -40,9 +40,11 @@ class TrainConfig(ConfigMixin):
     model: str = "smollm2-135m"
     """Base model: packaged name, .gguf file, model folder, hub id or tiny-*."""
     data: str = "default"
-    """Training text: default, gutenberg (the data directory's corpus), a file, folder or JSONL, hf:NAME."""
+    """Training text: default, gutenberg (the data directory's corpus), a file, folder or JSONL, hf:NAME; JSONL with messages or prompt/completion records is chat data (one conversation per row, see --loss-on)."""
     text_field: str = "text"
     """Field holding the text in JSON/JSONL records."""
+    loss_on: str = "assistant"
+    """Tokens of chat data (JSONL with messages or prompt/completion records) that carry the loss: assistant (the assistant turns only) or all (every non-pad token); plain text always trains on every token."""
     data_dir: str | None = None
     """Folder of the public data files (else $HEADGAME_DATA_DIR)."""
     max_tokens: int = 20_000
@@ -193,6 +195,7 @@ class TrainConfig(ConfigMixin):
             ("schedule", [s.value for s in Schedule]),
             ("ema_mode", ["s", "nd-lora"]),
             ("mixed_precision", list(PRECISIONS)),
+            ("loss_on", ["assistant", "all"]),
             ("dtype", list(DTYPES)),
         ]
         for name, valid in checks:

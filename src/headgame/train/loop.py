@@ -62,7 +62,8 @@ class Trainer:
         from accelerate.utils import set_seed
 
         from headgame.config import check_out_path, with_values
-        from headgame.data import check_source, load_blocks
+        from headgame.data import check_source
+        from headgame.data.chat import check_chat_tokenizer, detect_format, load_training_data
         from headgame.models.layout import fit_seq_len
         from headgame.models.load import load_model
 
@@ -73,11 +74,14 @@ class Trainer:
         if self.rank == 0:
             check_out_path(self.out)
         check_source(cfg.data, text_field=cfg.text_field, data_dir=cfg.data_dir)
+        fmt = detect_format(cfg.data, text_field=cfg.text_field, data_dir=cfg.data_dir)  # text or a chat format
         set_seed(cfg.seed)
         loaded = load_model(cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
         self.base_hash = loaded.info["hash"]
         base, self.tokenizer, self.layout = loaded
         layout = self.layout
+        if fmt != "text":
+            check_chat_tokenizer(self.tokenizer, cfg.data)
         seq_len, fitted = fit_seq_len(cfg.seq_len, DEFAULT_SEQ_LEN, layout.max_positions)
         self.cfg = cfg = with_values(cfg, seq_len=seq_len)
         self.design, self.abt_layers, self.ldb_layers = game_layers(cfg, layout.n_layers)
@@ -90,13 +94,17 @@ class Trainer:
         self.model.to(self.acc.device)
         self.groups = param_groups(self.model, layout)
 
-        blocks = load_blocks(cfg.data, self.tokenizer, seq_len=cfg.seq_len, max_tokens=cfg.max_tokens,
-                             text_field=cfg.text_field, data_dir=cfg.data_dir)
+        blocks = load_training_data(cfg.data, self.tokenizer, fmt=fmt, seq_len=cfg.seq_len, max_tokens=cfg.max_tokens,
+                                    loss_on=cfg.loss_on, text_field=cfg.text_field, data_dir=cfg.data_dir)
         n_val = max(1, math.ceil(cfg.val_fraction * blocks.n_blocks))
         if blocks.n_blocks - n_val < 1:
             raise HeadgameError(f"only {blocks.n_blocks} block(s) of {cfg.seq_len} tokens: nothing left to train on after the validation split; raise --max-tokens or lower --seq-len")
-        self.train_ids = blocks.input_ids[: blocks.n_blocks - n_val]
-        self.val_ids = blocks.input_ids[blocks.n_blocks - n_val:]
+        n_train = blocks.n_blocks - n_val
+        # chat rows are padded and carry labels (-100 = no loss); packed text has neither
+        rows = {"ids": blocks.input_ids, "mask": None if blocks.labels is None else blocks.attention_mask, "labels": blocks.labels}
+        self.train_rows = {k: None if v is None else v[:n_train] for k, v in rows.items()}
+        self.val_rows = {k: None if v is None else v[n_train:] for k, v in rows.items()}
+        self.train_ids, self.val_ids = self.train_rows["ids"], self.val_rows["ids"]
         self.global_batch = cfg.batch_size * cfg.grad_accum * self.world
         self.total_steps = len(self.train_ids) // self.global_batch
         if self.total_steps < 1:
@@ -129,14 +137,15 @@ class Trainer:
         for m in range(cfg.grad_accum):
             start = (step * cfg.grad_accum + m) * cfg.batch_size * self.world + self.rank * cfg.batch_size
             idx = self.order[start:start + cfg.batch_size]
-            yield self.train_ids[idx].to(self.acc.device)
+            yield {k: None if v is None else v[idx].to(self.acc.device) for k, v in self.train_rows.items()}
 
     def train_step(self) -> dict[str, Any]:
         cfg, game = self.cfg, self.game
         t0 = time.perf_counter()
         game.begin(self.step, self.total_steps)
-        for ids in self._micro_batches(self.step):
-            game.micro_batch(self.model, ids, accum=cfg.grad_accum, autocast=self.acc.autocast)
+        for b in self._micro_batches(self.step):
+            game.micro_batch(self.model, b["ids"], accum=cfg.grad_accum, attention_mask=b["mask"], labels=b["labels"],
+                             autocast=self.acc.autocast)
         log = game.finish(self.model)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.groups.params, cfg.clip)) if cfg.clip > 0 else float("nan")
         self.optimizer.step()
@@ -157,11 +166,13 @@ class Trainer:
         self.model.eval()
         total, count = 0.0, 0
         for i in range(0, len(self.val_ids), self.cfg.batch_size):
-            ids = self.val_ids[i:i + self.cfg.batch_size].to(self.acc.device)
+            b = {k: None if v is None else v[i:i + self.cfg.batch_size].to(self.acc.device) for k, v in self.val_rows.items()}
+            extra = {} if b["mask"] is None else {"attention_mask": b["mask"]}
             with self.acc.autocast():
-                logits = self.model(input_ids=ids, use_cache=False).logits
-            total += float(F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1), reduction="sum"))
-            count += ids[:, 1:].numel()
+                logits = self.model(input_ids=b["ids"], use_cache=False, **extra).logits
+            targets = (b["ids"] if b["labels"] is None else b["labels"])[:, 1:]  # -100 = no loss
+            total += float(F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="sum"))
+            count += int((targets != -100).sum())
         self.model.train()
         return total / count
 
