@@ -55,3 +55,27 @@ def test_no_two_modules_import_each_other():
     pairs = sorted({tuple(sorted((m, i))) for m in graph.modules for i in graph.find_modules_directly_imported_by(m)
                     if m != i and m in graph.find_modules_directly_imported_by(i)})
     assert not pairs, pairs
+
+
+def test_formulas_document_names_code_and_tests_that_exist():
+    """docs/formulas.md names, for each formula, the function and the test: both must exist."""
+    root = SRC.parents[1]
+    doc = (root / "docs" / "formulas.md").read_text()
+    missing = []
+    for dotted in sorted(set(re.findall(r"`(headgame(?:\.[A-Za-z_]\w*)+)`", doc))):
+        parts = dotted.split(".")
+        for i in range(len(parts), 0, -1):
+            mod = root / "src" / Path(*parts[:i])
+            path = mod.with_suffix(".py") if mod.with_suffix(".py").exists() else mod / "__init__.py"
+            if path.exists():
+                rest = parts[i:]
+                if rest and not re.search(rf"(def|class)\s+{re.escape(rest[0])}\b|^{re.escape(rest[0])}\s*[:=]", path.read_text(), re.M):
+                    missing.append(dotted)
+                break
+        else:
+            missing.append(dotted)
+    for path, name in sorted(set(re.findall(r"(tests/[\w/]+\.py)::(\w+)", doc))):
+        file = root / path
+        if not file.exists() or not re.search(rf"def {re.escape(name)}\b", file.read_text()):
+            missing.append(f"{path}::{name}")
+    assert not missing, missing
