@@ -52,6 +52,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="runs of each variant, alternating")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--out", default=str(RESULTS / "callback_overhead.json"))
+    ap.add_argument("--note", default="", help="conditions of the measurement, recorded in the JSON (e.g. a busy machine)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -100,8 +101,7 @@ def main() -> None:
         "ratio_callback_g_every_step": med["callback_g_every_step"] / med["plain"],
         "ratio_game_lora_trainer": med["game_lora_trainer"] / med["plain"],
         "device": device_name(args.threads),
-        "note": ("indicative only: measured with few steps on a shared, busy machine (other jobs on the same "
-                 "cores); a tiny model magnifies the fixed per-step cost of the callback"),
+        "note": args.note,
         "versions": package_versions(),
         "date": time.strftime("%Y-%m-%d"),
     }
