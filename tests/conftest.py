@@ -14,6 +14,34 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 TINY = ("tiny-llama", "tiny-qwen2", "tiny-gpt2", "tiny-bert")
 
+# the small plain-text corpora the tiny-model tests train and analyse on
+TRAIN_TEXT = (
+    "Heads that read the same stream learn to share the work, and sometimes they repeat each other. "
+    "A tax on repetition pushes them apart; a bargain between the losses decides how hard. "
+) * 40
+SHORT_TEXT = (
+    "The heads of a transformer read the same residual stream and write back into it. "
+    "Some of them attend to the previous token, others to the first token of the sequence, "
+    "and a few copy what they find. This paragraph is only here so the tiny model has text. "
+) * 12
+
+
+@pytest.fixture()
+def corpus(request, tmp_path):
+    """A text file of the module's ``CORPUS_TEXT`` (default :data:`TRAIN_TEXT`)."""
+    path = tmp_path / "corpus.txt"
+    path.write_text(getattr(request.module, "CORPUS_TEXT", TRAIN_TEXT))
+    return path
+
+
+def run_cli(argv, capsys):
+    """``headgame`` in-process: (exit code, stdout, stderr)."""
+    from headgame.cli import main
+
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
 
 @pytest.fixture(params=TINY)
 def tiny(request):

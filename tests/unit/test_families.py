@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,11 +41,6 @@ PATTERNS = {
     "uniform": {0: [0, 2], 1: [1, 3]},  # one head per group in every layer
 }
 
-TEXT = (
-    "Heads that read the same stream learn to share the work, and sometimes they repeat each other. "
-    "A tax on repetition pushes them apart; a bargain between the losses decides how hard. "
-) * 40
-
 
 def build(variant: str) -> LoadedModel:
     name, overrides, _ = VARIANTS[variant]
@@ -66,13 +60,6 @@ def expected_counts(removed: dict[int, list[int]], n_kv: int) -> list[tuple[int,
 @pytest.fixture(params=list(VARIANTS))
 def variant(request) -> str:
     return request.param
-
-
-@pytest.fixture()
-def corpus(tmp_path) -> Path:
-    p = tmp_path / "corpus.txt"
-    p.write_text(TEXT)
-    return p
 
 
 # ------------------------------------------------------------------ registry and layout
@@ -96,7 +83,6 @@ def test_tiny_models_load_by_name_and_families_are_listed(capsys):
                           ("opt", ["opt"]), ("phi3", ["phi3"]), ("falcon", ["falcon"])]:
         line = next(l for l in out.splitlines() if l.strip().startswith(family + " "))
         assert all(t in line for t in types), line
-
 
 
 def test_layout_geometry(variant):

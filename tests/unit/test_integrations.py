@@ -26,11 +26,6 @@ from headgame.train.config import TrainConfig, default_design_layer
 from headgame.train.loop import Trainer as HeadgameTrainer
 from headgame.train.lora import add_lora
 
-TEXT = (
-    "Heads that read the same stream learn to share the work, and sometimes they repeat each other. "
-    "A tax on repetition pushes them apart; a bargain between the losses decides how hard. "
-) * 40
-
 
 @pytest.fixture(autouse=True)
 def _fresh_accelerate_state():
@@ -159,13 +154,6 @@ def test_callback_logs_gamma_every_step(tmp_path, peft):
     assert np.allclose(g, g.T) and np.allclose(np.diag(g), 1.0)
     assert rows[1]["gamma"] == pytest.approx(history[1]["hc/gamma_l1"])
     assert not layout.o_proj(model, 1)._forward_pre_hooks  # the tap is gone after training
-
-
-@pytest.fixture()
-def corpus(tmp_path):
-    p = tmp_path / "corpus.txt"
-    p.write_text(TEXT)
-    return p
 
 
 @pytest.mark.parametrize("extra", [{}, {"arbitration": "sum", "design_layers": [0, 1]}, {"batch_size": 2, "grad_accum": 2}])

@@ -10,21 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.conftest import SHORT_TEXT
 
-TEXT = (
-    "The heads of a transformer read the same residual stream and write back into it. "
-    "Some of them attend to the previous token, others to the first token of the sequence, "
-    "and a few copy what they find. This paragraph is only here so the tiny model has text. "
-) * 12
+CORPUS_TEXT = SHORT_TEXT
 IGNORED = {"timing", "created", "versions", "headgame_version", "started", "seconds", "out"}
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "eval"
-
-
-@pytest.fixture()
-def corpus(tmp_path) -> Path:
-    path = tmp_path / "corpus.txt"
-    path.write_text(TEXT)
-    return path
 
 
 def _launch(args: list[str], nproc: int) -> subprocess.CompletedProcess:

@@ -14,27 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from headgame.cli import main
 from headgame.errors import HeadgameError
 from headgame.outdir import LOCK_FILE, MARKER_FILE, RunFolder, matching
-
-TEXT = (
-    "Heads that read the same stream learn to share the work, and sometimes they repeat each other. "
-    "A tax on repetition pushes them apart; a bargain between the losses decides how hard. "
-) * 40
-
-
-@pytest.fixture()
-def corpus(tmp_path) -> Path:
-    path = tmp_path / "corpus.txt"
-    path.write_text(TEXT)
-    return path
-
-
-def run(argv, capsys):
-    code = main(argv)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from tests.conftest import run_cli
 
 
 def analyze(corpus, out, *extra):
@@ -57,21 +39,21 @@ def one_error_line(code, err) -> str:
 def test_a_second_run_on_a_held_folder_is_refused(tmp_path, corpus, capsys):
     out = tmp_path / "o"
     with RunFolder(out, command="train"):
-        code, _, err = run(analyze(corpus, out), capsys)
+        code, _, err = run_cli(analyze(corpus, out), capsys)
         line = one_error_line(code, err)
         assert line == (f"error: output folder {out} is in use by headgame train (pid {os.getpid()}); "
                         "wait for it to finish or choose another --out")
         assert not (out / "analysis.json").exists()
     assert not (out / LOCK_FILE).exists()  # released on exit
-    assert run(analyze(corpus, out), capsys)[0] == 0  # free now, and that claim left no train artefact behind
+    assert run_cli(analyze(corpus, out), capsys)[0] == 0  # free now, and that claim left no train artefact behind
 
 
 def test_the_lock_is_released_when_a_run_fails(tmp_path, corpus, capsys):
     out = tmp_path / "o"
-    code, _, err = run(["analyze", "--model", "./nowhere/model", "--data", str(corpus), "--out", str(out), "--no-progress"], capsys)
+    code, _, err = run_cli(["analyze", "--model", "./nowhere/model", "--data", str(corpus), "--out", str(out), "--no-progress"], capsys)
     assert "not found" in one_error_line(code, err)
     assert not (out / LOCK_FILE).exists()
-    code, _, err = run(analyze(corpus, out), capsys)
+    code, _, err = run_cli(analyze(corpus, out), capsys)
     assert code == 0, err
 
 
@@ -87,14 +69,14 @@ def test_a_lock_held_by_another_process_then_left_by_kill_9_is_taken_over(tmp_pa
     out = tmp_path / "o"
     proc = _holder(out, "analyze")
     try:
-        code, _, err = run(analyze(corpus, out), capsys)
+        code, _, err = run_cli(analyze(corpus, out), capsys)
         assert f"is in use by headgame analyze (pid {proc.pid})" in one_error_line(code, err)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert (out / LOCK_FILE).exists()  # left behind by the killed process
     assert json.loads((out / LOCK_FILE).read_text())["pid"] == proc.pid
-    code, _, err = run(analyze(corpus, out), capsys)
+    code, _, err = run_cli(analyze(corpus, out), capsys)
     assert code == 0, err
     assert f"took over the lock of headgame analyze (pid {proc.pid})" in err
     assert (out / "analysis.json").exists() and not (out / LOCK_FILE).exists()
@@ -115,7 +97,7 @@ def test_the_lock_is_released_on_keyboard_interrupt_and_resume_reports_progress(
     with pytest.raises(KeyboardInterrupt):
         run_analysis(cfg, progress=False, report=False, on_batch=crash)
     assert not (out / LOCK_FILE).exists() and (out / ".analyze-state.safetensors").exists()
-    code, _, err = run(analyze(corpus, out, "--checkpoint-every", "1", "--resume"), capsys)
+    code, _, err = run_cli(analyze(corpus, out, "--checkpoint-every", "1", "--resume"), capsys)
     assert code == 0, err
     assert re.search(r"^resuming at batch 3/4$", err, re.M), err
     timing = json.loads((out / "analysis.json").read_text())["timing"]
@@ -125,14 +107,14 @@ def test_the_lock_is_released_on_keyboard_interrupt_and_resume_reports_progress(
 # ------------------------------------------------------------------ one command per folder
 def test_analyze_into_a_train_folder_is_refused_and_a_fresh_train_clears_the_old_run(tmp_path, corpus, capsys):
     out = tmp_path / "T"
-    code, _, err = run(train(corpus, out, "--checkpoint-every", "2"), capsys)
+    code, _, err = run_cli(train(corpus, out, "--checkpoint-every", "2"), capsys)
     assert code == 0, err
     old_checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert old_checkpoints
     (out / "my-notes.txt").write_text("mine")
     before = (out / "config.yaml").read_bytes()
 
-    code, _, err = run(analyze(corpus, out), capsys)
+    code, _, err = run_cli(analyze(corpus, out), capsys)
     assert one_error_line(code, err) == (f"error: {out} holds a headgame train run; analyze would overwrite its "
                                          "config.yaml; choose another --out")
     assert (out / "config.yaml").read_bytes() == before and not (out / "analysis.json").exists()
@@ -141,12 +123,12 @@ def test_analyze_into_a_train_folder_is_refused_and_a_fresh_train_clears_the_old
 
     assert matching(out, ["*"]) == sorted([*matching(out, ARTEFACTS), "my-notes.txt"])  # train declares all it writes
 
-    code, _, err = run(["train", "--resume", str(out), "--no-progress"], capsys)
+    code, _, err = run_cli(["train", "--resume", str(out), "--no-progress"], capsys)
     assert code == 0, err
     assert re.search(r"^resuming at step \d+/\d+$", err, re.M) and "cleared" not in err, err
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == old_checkpoints  # resume clears nothing
 
-    code, _, err = run(train(corpus, out, "--seed", "5"), capsys)  # fresh: no --resume, no checkpoints asked
+    code, _, err = run_cli(train(corpus, out, "--seed", "5"), capsys)  # fresh: no --resume, no checkpoints asked
     assert code == 0, err
     assert re.search(rf"^note: cleared the previous train run in {re.escape(str(out))} \(\d+ files\)$", err, re.M), err
     assert not (out / "checkpoints").exists()
@@ -159,7 +141,7 @@ def test_fresh_analyze_rerun_removes_the_old_redundancy_figure_and_keeps_user_fi
     (tmp_path / "A").mkdir()
     (out / "data.csv").write_text("user,file\n")
     (out / "figure.png").write_bytes(b"not ours")
-    assert run(analyze(corpus, out), capsys)[0] == 0
+    assert run_cli(analyze(corpus, out), capsys)[0] == 0
     assert (out / "redundancy_by_layer.png").exists()
 
     from headgame.analyze.run import ARTEFACTS
@@ -168,7 +150,7 @@ def test_fresh_analyze_rerun_removes_the_old_redundancy_figure_and_keeps_user_fi
     marker = json.loads((out / MARKER_FILE).read_text())
     assert marker["command"] == "analyze" and marker["identity"].startswith("sha256:") and marker["headgame_version"]
 
-    code, _, err = run(analyze(corpus, out, "--no-redundancy"), capsys)
+    code, _, err = run_cli(analyze(corpus, out, "--no-redundancy"), capsys)
     assert code == 0, err
     assert f"note: cleared the previous analyze run in {out} (" in err
     assert not (out / "redundancy_by_layer.png").exists() and (out / "report.html").exists()
@@ -179,9 +161,9 @@ def test_resume_with_nothing_to_resume_is_refused(tmp_path, corpus, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "user.txt").write_text("x")
-    code, _, err = run(analyze(corpus, empty, "--resume"), capsys)
+    code, _, err = run_cli(analyze(corpus, empty, "--resume"), capsys)
     assert one_error_line(code, err) == f"error: nothing to resume in {empty} (no checkpoint); drop --resume to start a new run"
-    code, _, err = run(["train", "--resume", str(empty), "--no-progress"], capsys)
+    code, _, err = run_cli(["train", "--resume", str(empty), "--no-progress"], capsys)
     assert one_error_line(code, err) == f"error: nothing to resume in {empty} (no checkpoint); drop --resume to start a new run"
     assert sorted(p.name for p in empty.iterdir()) == ["user.txt"]
 
@@ -232,17 +214,17 @@ def test_every_runner_claims_its_folder(module, name):
 
 def test_report_and_compare_write_beside_an_analyze_run_but_wait_for_its_lock(tmp_path, corpus, capsys):
     out = tmp_path / "A"
-    assert run(analyze(corpus, out), capsys)[0] == 0
+    assert run_cli(analyze(corpus, out), capsys)[0] == 0
     analysis = str(out / "analysis.json")
-    code, _, err = run(["report", analysis], capsys)  # --out defaults to the analysis' folder
+    code, _, err = run_cli(["report", analysis], capsys)  # --out defaults to the analysis' folder
     assert code == 0, err
-    code, _, err = run(["analyze", "--compare", analysis, analysis, "--out", str(out)], capsys)
+    code, _, err = run_cli(["analyze", "--compare", analysis, analysis, "--out", str(out)], capsys)
     assert code == 0, err
     assert (out / "compare.json").exists() and json.loads((out / MARKER_FILE).read_text())["command"] == "analyze"
     with RunFolder(out, command="analyze", resume=True):  # as a resumed analyze holds it
-        code, _, err = run(["report", analysis], capsys)
+        code, _, err = run_cli(["report", analysis], capsys)
         assert f"is in use by headgame analyze (pid {os.getpid()})" in one_error_line(code, err)
-    code, _, err = run(train(corpus, out), capsys)
+    code, _, err = run_cli(train(corpus, out), capsys)
     assert "holds a headgame analyze run; train would overwrite its config.yaml" in one_error_line(code, err)
 
 

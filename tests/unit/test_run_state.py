@@ -17,11 +17,6 @@ import torch
 from headgame.cli import main
 from headgame.errors import HeadgameError
 
-TEXT = (
-    "Heads that read the same stream learn to share the work, and sometimes they repeat each other. "
-    "A tax on repetition pushes them apart; a bargain between the losses decides how hard. "
-) * 40
-
 
 class Payload:
     """Unpickling this runs ``exec``, which writes ``marker`` (harmless, but proof that code ran)."""
@@ -36,13 +31,6 @@ class Payload:
 def _plant(path: Path, marker: Path) -> None:
     torch.save({"state": Payload(marker)}, path)
     assert not marker.exists()  # saving does not run it
-
-
-@pytest.fixture()
-def corpus(tmp_path) -> Path:
-    p = tmp_path / "corpus.txt"
-    p.write_text(TEXT)
-    return p
 
 
 def _one_line_error(capsys, argv) -> str:

@@ -16,18 +16,6 @@ from headgame.cli import main
 from headgame.train.config import TrainConfig
 from headgame.train.loop import Trainer
 
-TEXT = (
-    "Heads that read the same stream learn to share the work, and sometimes they repeat each other. "
-    "A tax on repetition pushes them apart; a bargain between the losses decides how hard. "
-) * 40
-
-
-@pytest.fixture()
-def corpus(tmp_path) -> Path:
-    p = tmp_path / "corpus.txt"
-    p.write_text(TEXT)
-    return p
-
 
 def small(corpus, out, **kw) -> TrainConfig:
     base = dict(model="tiny-llama", data=str(corpus), max_tokens=2048, seq_len=32, batch_size=4, out=str(out),

@@ -18,16 +18,12 @@ from scipy.optimize import least_squares
 
 from headgame.train.config import TrainConfig
 from headgame.train.loop import Trainer
-
-TEXT = (
-    "Heads that read the same stream learn to share the work, and sometimes they repeat each other. "
-    "A tax on repetition pushes them apart; a bargain between the losses decides how hard. "
-) * 40
+from tests.conftest import TRAIN_TEXT
 
 
 def _trainer(tmp_path: Path, **kw) -> Trainer:
     corpus = tmp_path / "corpus.txt"
-    corpus.write_text(TEXT)
+    corpus.write_text(TRAIN_TEXT)
     base = dict(model="tiny-llama", data=str(corpus), max_tokens=2048, seq_len=32, batch_size=4, grad_accum=1,
                 out=str(tmp_path / "o"), val_every=0, checkpoint_every=0, seed=3, method="game-lora",
                 lora_dropout=0.0, clip=0.0)  # no dropout: our backward sees the trainer's graph as is
