@@ -38,7 +38,7 @@ def _resumable_config(cls: type, config: Any, fields: dict[str, Any], resume: An
     if resume and not isinstance(resume, bool):
         fields = {**fields, "out": str(resume)}
     if resume and config is None:
-        from headgame.fep.state import resume_config
+        from headgame.runs import resume_config
 
         return resume_config(cls, fields.get("out", cls.out), state_file, fields)
     return _config(cls, config, fields)

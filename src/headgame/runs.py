@@ -3,13 +3,14 @@ and the identity check behind ``--resume``.
 
 A command's runner calls these in the same order: it claims ``--out`` before any model is
 loaded (:class:`headgame.outdir.RunFolder`: writable, locked, owned by one command; it calls
-:func:`check_writable`), :func:`progress_bar` around its loop, :func:`check_identity` when resuming, and
+:func:`~headgame.outdir.check_writable`), :func:`progress_bar` around its loop, :func:`check_identity` when resuming, and
 :func:`provenance` at the head of the result JSON. :class:`CommandModule` makes each command
 package callable, the public Python API (:mod:`headgame.api`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import sys
 import types
@@ -18,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from headgame.errors import HeadgameError
-from headgame.outdir import check_writable  # noqa: F401  (re-exported: the scaffold's output check)
+from headgame.io import load_state, save_state
+from headgame.outdir import nothing_to_resume
 
 
 def provenance(cfg: Any) -> dict[str, Any]:
@@ -68,6 +70,52 @@ def check_identity(saved: dict[str, Any], current: dict[str, Any], *, where: str
             f"cannot resume {where}: the run was made with different settings: {', '.join(shown)}; "
             "rerun with the same settings, or drop --resume to start over"
         )
+
+
+# --- resumable state: one safetensors file per run, checked against the settings on --resume
+
+
+def _read(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise nothing_to_resume(path.parent, f"no {path.name}: the run finished or stopped before its first checkpoint")
+    state = load_state(path)
+    if not isinstance(state, dict) or not {"config", "run"} <= set(state):
+        raise HeadgameError(f"{path} is not a run state of this command; delete it and start over without --resume")
+    return state
+
+
+class StateFile:
+    """The resumable state of one run: ``save(run)`` writes it, ``load()`` reads it back for
+    ``--resume`` after checking that the settings and the model weights are the same."""
+
+    def __init__(self, path: Path, cfg: Any, model_hash: str | None) -> None:
+        self.path, self.cfg, self.model_hash = Path(path), cfg, model_hash
+
+    def save(self, run: dict[str, Any]) -> None:
+        save_state(self.path, {"config": self.cfg.run_identity(), "settings": self.cfg.to_dict(),
+                               "model_hash": self.model_hash, "run": run})
+
+    def load(self) -> dict[str, Any]:
+        state = _read(self.path)
+        check_identity(state["config"], self.cfg.run_identity(), where=self.path,
+                       saved_hash=state.get("model_hash"), current_hash=self.model_hash)
+        return state["run"]
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def resume_config(cls: type, out: str | Path, state_file: str, fields: dict[str, Any]) -> Any:
+    """The config of the interrupted run in ``out`` with ``fields`` put over it (a field that
+    differs from the run's is then refused by the identity check, naming it)."""
+    saved = _read(Path(out) / state_file).get("settings") or {}
+    known = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{**{k: v for k, v in saved.items() if k in known}, **fields, "out": str(out)})
+
+
+def announce_resume(stage: str, done: int, total: int) -> None:
+    """The one line a resumed run prints: where it continues."""
+    print(f"resuming at {stage} {done}/{total}", file=sys.stderr, flush=True)
 
 
 # --- the public Python API: every command package is callable ---------------------------------

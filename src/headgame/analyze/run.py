@@ -9,7 +9,6 @@ accumulators (gradient Gram for ρ, output moments for the redundancy statistics
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,11 +19,11 @@ from headgame.analyze.config import DEFAULT_SEQ_LEN, AnalyzeConfig
 from headgame.config import check_out_path, with_values
 from headgame.dist import finish, shard, world
 from headgame.errors import HeadgameError
-from headgame.io import load_state, read_analysis, save_state, write_json_atomic, write_text_atomic
+from headgame.io import read_analysis, write_json_atomic, write_text_atomic
 from headgame.models.objective import Objective
 from headgame.outdir import claims_out, note, nothing_to_resume
 from headgame.report.html import REPORT_FILES
-from headgame.runs import check_identity, progress_bar, provenance
+from headgame.runs import StateFile, announce_resume, check_identity, progress_bar, provenance
 
 STATE_FILE = ".analyze-state.safetensors"
 LEGACY_STATE_FILE = ".analyze-state.pt"  # pickle, written before 0.2: never loaded
@@ -33,7 +32,7 @@ ARTEFACTS = ("analysis.json", "config.yaml", *REPORT_FILES, STATE_FILE, LEGACY_S
 
 
 def _save_state(out: Path, cfg: AnalyzeConfig, model_hash: str, collector: CouplingCollector) -> None:
-    save_state(out / STATE_FILE, {"config": cfg.run_identity(), "model_hash": model_hash, "collector": collector.state_dict()})
+    StateFile(out / STATE_FILE, cfg, model_hash).save({"collector": collector.state_dict()})
 
 
 def _load_state(out: Path, cfg: AnalyzeConfig, model_hash: str) -> dict[str, Any] | None:
@@ -51,9 +50,7 @@ def _load_state(out: Path, cfg: AnalyzeConfig, model_hash: str) -> dict[str, Any
         check_identity(saved, cfg.run_identity(), where=out / "analysis.json",
                        saved_hash=done.get("model", {}).get("hash"), current_hash=model_hash)
         return None
-    state = load_state(path)
-    check_identity(state["config"], cfg.run_identity(), where=path, saved_hash=state.get("model_hash"), current_hash=model_hash)
-    return state["collector"]
+    return StateFile(path, cfg, model_hash).load()["collector"]
 
 
 def _recorded_base(info: dict[str, Any]) -> dict[str, Any]:
@@ -141,7 +138,7 @@ def _analyze(cfg: AnalyzeConfig, loaded: Any, layers: list[int], heat: list[int]
             return read_analysis(out / "analysis.json")
         collector.load_state_dict(state)
         start_batch = collector.n_batches
-        print(f"resuming at batch {start_batch}/{n_batches}", file=sys.stderr)
+        announce_resume("batch", start_batch, n_batches)
 
     bar = progress_bar(progress and rank == 0, console, fields="batches · {task.fields[tps]:.0f} tok/s · mean Γ {task.fields[gamma]:.3f}")
     t_loop = time.perf_counter()

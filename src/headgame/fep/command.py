@@ -33,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
     from headgame.cliargs import apply_threads, config_from_args, given
     from headgame.fep.config import FepConfig
     from headgame.fep.run import run_fep
-    from headgame.fep.state import STATE_FILE, resume_config
+    from headgame.fep.state import STATE_FILE
+    from headgame.runs import resume_config
 
     apply_threads(args)
     if args.resume is not None:

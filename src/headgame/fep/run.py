@@ -24,8 +24,7 @@ from headgame.outdir import claims_out, note
 from headgame.runs import progress_bar, provenance
 from headgame.fep.config import FepConfig
 from headgame.fep.progress import negative_share, step_rate, token_rate
-from headgame.fep.state import FepState
-from headgame.fep.state import STATE_FILE
+from headgame.fep.state import STATE_FILE, FepState
 from headgame.info import dividends as dv
 from headgame.info.analysis import InfoOptions, LayerInfo, analyse_layer
 from headgame.info.scores import epsilon_nash, spearman

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,59 +20,14 @@ import numpy as np
 import torch
 
 from headgame.dist import all_gather, merge_indexed, shard, world
-from headgame.errors import HeadgameError
 from headgame.info import dividends as dv
 from headgame.info.analysis import InfoOptions, LayerInfo, analyse_layer
 from headgame.info.entropy import LowOrderEntropies
 from headgame.info.gibbs import PartitionChain
-from headgame.io import load_state, save_state
 from headgame.measure.symbols import HeadSymbols, collect_symbols, concat_symbols
-from headgame.outdir import nothing_to_resume
-from headgame.runs import check_identity
+from headgame.runs import StateFile, announce_resume
 
 STATE_FILE = ".fep-state.safetensors"
-
-
-def _read(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        raise nothing_to_resume(path.parent, f"no {path.name}: the run finished or stopped before its first checkpoint")
-    state = load_state(path)
-    if not isinstance(state, dict) or not {"config", "run"} <= set(state):
-        raise HeadgameError(f"{path} is not a run state of this command; delete it and start over without --resume")
-    return state
-
-
-class StateFile:
-    """The resumable state of one run: ``save(run)`` writes it, ``load()`` reads it back for
-    ``--resume`` after checking that the settings and the model weights are the same."""
-
-    def __init__(self, path: Path, cfg: Any, model_hash: str | None) -> None:
-        self.path, self.cfg, self.model_hash = Path(path), cfg, model_hash
-
-    def save(self, run: dict[str, Any]) -> None:
-        save_state(self.path, {"config": self.cfg.run_identity(), "settings": self.cfg.to_dict(),
-                               "model_hash": self.model_hash, "run": run})
-
-    def load(self) -> dict[str, Any]:
-        state = _read(self.path)
-        check_identity(state["config"], self.cfg.run_identity(), where=self.path,
-                       saved_hash=state.get("model_hash"), current_hash=self.model_hash)
-        return state["run"]
-
-    def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
-
-
-def resume_config(cls: type, out: str | Path, state_file: str, fields: dict[str, Any]) -> Any:
-    """The config of the interrupted run in ``out`` with ``fields`` put over it (a field that
-    differs from the run's is then refused by the identity check, naming it)."""
-    saved = _read(Path(out) / state_file).get("settings") or {}
-    known = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{**{k: v for k, v in saved.items() if k in known}, **fields, "out": str(out)})
-
-
-def announce(stage: str, done: int, total: int) -> None:
-    print(f"resuming at {stage} {done}/{total}", file=sys.stderr)
 
 
 # --- LayerInfo and HeadSymbols as run state --------------------------------------------------
@@ -171,7 +125,7 @@ class FepState:
             stage, done, total = "ablation", 0 if self.ablation is None else self.ablation[2], ablation_layers
         else:
             stage, done, total = "report", 0, 1
-        announce(stage, done, total)
+        announce_resume(stage, done, total)
         return f"{stage} {done}/{total}"
 
     # ------------------------------------------------------------------ stages

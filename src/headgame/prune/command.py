@@ -31,10 +31,10 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from headgame.cliargs import apply_threads, config_from_args, given
-    from headgame.fep.state import resume_config
     from headgame.prune.config import PruneConfig
     from headgame.prune.run import run_prune
     from headgame.prune.state import STATE_FILE
+    from headgame.runs import resume_config
 
     apply_threads(args)
     if args.resume is not None:

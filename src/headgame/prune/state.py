@@ -1,4 +1,4 @@
-"""Checkpoints of ``headgame prune``: one state file in the output folder (fep/state.py's scaffold).
+"""Checkpoints of ``headgame prune``: one state file in the output folder (the run scaffold's StateFile).
 
 Saved after each criterion's scores (with what the criteria share: the GT-FEP head scores and
 the ablation ΔNLL), after each perplexity of each model on each set, and after each model's
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from headgame.fep.state import StateFile, announce
+from headgame.runs import StateFile, announce_resume
 
 STATE_FILE = ".prune-state.safetensors"
 
@@ -83,5 +83,5 @@ class PruneState:
             stage, done, total = "FLOPs", len(self.flops), n_models
         else:
             stage, done, total = "throughput", 0, 1
-        announce(stage, done, total)
+        announce_resume(stage, done, total)
         return f"{stage} {done}/{total}"

@@ -13,7 +13,6 @@ import json
 import math
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from headgame.errors import HeadgameError
 from headgame.io import AtomicDir, write_json_atomic, write_text_atomic
 from headgame.models.identity import record_base
 from headgame.outdir import RunFolder, note
-from headgame.runs import progress_bar
+from headgame.runs import announce_resume, progress_bar
 from headgame.train import checkpoint as ckpt
 from headgame.train.config import DEFAULT_SEQ_LEN, TrainConfig
 from headgame.train.lora import add_lora, param_groups
@@ -183,7 +182,7 @@ class Trainer:
     def _restore(self, path: Path) -> None:
         self.resumed_from = ckpt.restore_trainer(self, path)
         if self.rank == 0:
-            print(f"resuming at step {self.step}/{self.total_steps}", file=sys.stderr, flush=True)
+            announce_resume("step", self.step, self.total_steps)
 
     # ================================================================ fit
     def _on_signal(self, signum, frame) -> None:
