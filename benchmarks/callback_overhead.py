@@ -7,7 +7,10 @@ full G written to JSONL every step); each optimizer step is timed from ``on_step
 rounds; the first step of every run is a warm-up and not counted. ``GameLoraTrainer``'s step is
 timed beside them for scale.
 
-Writes benchmarks/results/callback_overhead.json (median step times, ratios, the device). Run:
+Writes benchmarks/results/callback_overhead.json (median step times, ratios, the device, and a
+``peak`` block: the analytic FLOPs of one LoRA step, ``headgame.prune.cost.step_flops``, over
+each variant's median step time, as a fraction of the CPU's measured matmul peak,
+``headgame.system.matmul_peak``). Run:
 .venv/bin/python benchmarks/callback_overhead.py [--model tiny-llama --steps 8 --rounds 3]
 """
 
@@ -26,7 +29,8 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from headgame.integrations.transformers import GameLoraTrainer, HeadCouplingCallback
 from headgame.models.load import load_model
-from headgame.system import device_name, package_versions
+from headgame.prune.cost import step_flops
+from headgame.system import device_name, matmul_peak, package_versions, peak_fraction
 from headgame.train.lora import add_lora
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -52,6 +56,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="runs of each variant, alternating")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--out", default=str(RESULTS / "callback_overhead.json"))
+    ap.add_argument("--peak-n", type=int, default=None, help="matrix size of the matmul peak (default 2048)")
     ap.add_argument("--note", default="", help="conditions of the measurement, recorded in the JSON (e.g. a busy machine)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -88,6 +93,8 @@ def main() -> None:
             print(f"round {r}: " + ", ".join(f"{v} {statistics.median(t) * 1e3:.1f} ms" for v, t in times.items()), flush=True)
 
     med = {v: statistics.median(t) for v, t in times.items()}
+    peak = matmul_peak("cpu", torch.float32, threads=args.threads, n=args.peak_n)
+    work = step_flops(initial, layout, args.seq_len, batch_size=args.batch_size)  # forward + backward, LoRA weights only
     result = {
         "benchmark": "callback_overhead",
         "model": args.model,
@@ -101,6 +108,11 @@ def main() -> None:
         "ratio_callback_g_every_step": med["callback_g_every_step"] / med["plain"],
         "ratio_game_lora_trainer": med["game_lora_trainer"] / med["plain"],
         "device": device_name(args.threads),
+        "peak": {"device_peak": peak, "work": work,
+                 "note": "work = analytic FLOPs of one plain LoRA step (forward, input gradients to the lowest adapted "
+                         "layer, LoRA weight gradients); the callback's Γ/G and GameLoraTrainer's extra task backwards are "
+                         "not counted, so their fraction is that of the plain step's work in their time",
+                 **{v: peak_fraction(work["total"], t, peak) for v, t in med.items()}},
         "note": args.note,
         "versions": package_versions(),
         "date": time.strftime("%Y-%m-%d"),

@@ -18,7 +18,10 @@ eager time spent in matmul/attention kernels is recorded too: it bounds what FLO
 
 Also recorded: the median of the per-round paired ratios, the number of rounds visibly slowed by
 other processes (either model above 1.5x its fastest time), process CPU-time medians, measured
-FLOPs, the pruned heads, the load average, device and versions. Writes benchmarks/results/prune_throughput.json. Run:
+FLOPs, the pruned heads, the load average, device and versions, and a ``peak`` block: each
+model's analytic forward FLOPs of the batch over its median time in each mode, as a fraction of
+the CPU's measured matmul peak (``headgame.system.matmul_peak``: how far a forward of this
+size is from the fastest dense work of these cores). Writes benchmarks/results/prune_throughput.json. Run:
   .venv/bin/python benchmarks/prune_throughput.py [--from-pruning P/pruning.json]
 """
 
@@ -37,7 +40,7 @@ import torch
 from headgame.models.load import load_model
 from headgame.models.surgery import pruned_copy
 from headgame.prune import cost
-from headgame.system import cpu_name, package_versions
+from headgame.system import cpu_name, matmul_peak, package_versions, peak_fraction
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -125,6 +128,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=21, help="timed rounds (median)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile (inductor) timing")
+    ap.add_argument("--peak-n", type=int, default=None, help="matrix size of the matmul peak (default 2048)")
     ap.add_argument("--out", default=str(RESULTS / "prune_throughput.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -149,6 +153,12 @@ def main() -> None:
         modes["torch_compile"] = time_pair(compiled, ids, args, implied, "torch.compile")
         modes["torch_compile"]["compile_seconds"] = time.perf_counter() - t0
     eager = modes["eager"]
+    peak = matmul_peak("cpu", torch.float32, threads=args.threads, n=args.peak_n)
+    work = {"base": an_base["total"] * args.batch_size, "pruned": an_pruned["total"] * args.batch_size}
+    peak_block = {"device_peak": peak, "work_flops": work,
+                  "note": "work = analytic forward FLOPs (headgame.prune.cost.analytic_flops) x batch; fraction = (work / "
+                          "median seconds) / the measured matmul peak",
+                  **{mode: {k: peak_fraction(work[k], v, peak) for k, v in m["median_seconds"].items()} for mode, m in modes.items()}}
     result = {
         "benchmark": "prune_throughput",
         "model": args.model,
@@ -176,6 +186,7 @@ def main() -> None:
                          "method": me_base["method"]},
             "seq_len": args.seq_len,
         },
+        "peak": peak_block,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "device": f"cpu: {cpu_name()}, {args.threads} threads, float32",
         "load_average_1m": Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else None,

@@ -177,6 +177,40 @@ def torch_dtype(name: str):
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
+DEVICE_HELP = ("Device to run on: auto (cuda when a GPU is visible, else cpu), cpu, cuda or cuda:N.")
+
+
+def check_device(value: Any, flag: str = "--device") -> None:
+    """The spelling of a device flag: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (checked without torch)."""
+    ok = isinstance(value, str) and (value in ("auto", "cpu", "cuda")
+                                     or value.startswith("cuda:") and value[5:].isdigit())
+    if not ok:
+        raise HeadgameError(f"{flag} {value!r} is not a device; pass {flag} auto, cpu, cuda or cuda:0")
+
+
+def resolve_device(value: str = "auto", flag: str = "--device"):
+    """The ``torch.device`` a device flag names: ``auto`` is cuda when torch sees a GPU, else cpu.
+
+    Asking for cuda where torch sees none (a CPU build of torch, no driver, CUDA_VISIBLE_DEVICES
+    empty) or for a GPU index that does not exist is a one-line :class:`HeadgameError`."""
+    check_device(value, flag)
+    import torch
+
+    if value == "auto":
+        value = "cuda" if torch.cuda.is_available() else "cpu"
+    if value == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}, but no GPU is visible"
+        raise HeadgameError(f"{flag} {value} asks for a GPU but torch {torch.__version__} is {build}; "
+                            f"pass {flag} cpu (or auto), or install a CUDA build of torch on a machine with a GPU")
+    index = int(value[5:]) if ":" in value else torch.cuda.current_device()
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise HeadgameError(f"{flag} {value} names GPU {index} but only {count} GPU(s) are visible; pass {flag} cuda:0..cuda:{count - 1}")
+    return torch.device("cuda", index)
+
+
 def with_values(config: Any, **changes: Any) -> Any:
     """A copy of ``config`` with ``changes`` (values the caller has checked, e.g. a --seq-len fitted
     to the model), without running ``__post_init__`` again, so its warnings are not repeated."""

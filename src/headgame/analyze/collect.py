@@ -121,16 +121,24 @@ class CouplingCollector:
                 self.moments[l].merge(part)
 
     def layer_results(self, seed: int = 0) -> list[dict[str, Any]]:
+        """Every layer's statistics, computed on the CPU in float64 from copies of the accumulators
+        (which stay on the model's device during the run)."""
         return [
             analyse_layer(
                 layer=l,
-                w_o=self.layout.head_slices(self.model, l).detach(),
-                gram=self.grams[l],
-                moments=self.moments.get(l),
+                w_o=self.layout.head_slices(self.model, l).detach().cpu(),
+                gram=_on_cpu(self.grams[l], GradientGram(self.layout.n_heads, self.layout.head_dim)),
+                moments=_on_cpu(self.moments[l], OutputMoments(self.layout.n_heads, self.layout.head_dim)) if l in self.moments else None,
                 seed=seed,
             )
             for l in self.layers
         ]
+
+
+def _on_cpu(acc: Any, empty: Any) -> Any:
+    """A CPU copy of an accumulator (its state dict is written on the CPU)."""
+    empty.load_state_dict(acc.state_dict())
+    return empty
 
 
 def analyse_layer(*, layer: int, w_o: torch.Tensor, gram: GradientGram, moments: OutputMoments | None, seed: int = 0) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from headgame.config import (DEFAULT_SEQ_LEN, ConfigMixin, check_dtype, check_field_types, check_seed, nonempty, nonneg_int,
+from headgame.config import (check_device, DEFAULT_SEQ_LEN, ConfigMixin, check_dtype, check_field_types, check_seed, nonempty, nonneg_int,
                              positive_int)
 from headgame.errors import HeadgameError
 
@@ -40,6 +40,8 @@ class AnalyzeConfig(ConfigMixin):
     """Seed for masked-LM masking and coalition clustering."""
     dtype: str = "float32"
     """Model dtype: float32, bfloat16 or float16 (statistics always accumulate in float64)."""
+    device: str = "auto"
+    """Device to run on: auto (cuda when a GPU is visible, else cpu), cpu, cuda or cuda:N."""
     trust_remote_code: bool = False
     """Allow custom modelling code from a hub repository (off unless asked)."""
     checkpoint_every: int = 8
@@ -70,8 +72,9 @@ class AnalyzeConfig(ConfigMixin):
             parse_layers(self.heatmap_layers, flag="--heatmap-layers")
         check_seed(self.seed)
         check_dtype(self.dtype)
+        check_device(self.device)
         nonneg_int(self.checkpoint_every, "--checkpoint-every", 8, "0 disables checkpoints")
         if self.merge_adapter and not self.adapter:
             raise HeadgameError("--merge-adapter needs --adapter DIR; pass the adapter folder to merge, or drop --merge-adapter")
 
-    NOT_IDENTITY = frozenset({"out", "checkpoint_every", "extra", "heatmap_layers"})
+    NOT_IDENTITY = frozenset({"device", "out", "checkpoint_every", "extra", "heatmap_layers"})

@@ -89,15 +89,19 @@ def prepare(cfg: AnalyzeConfig) -> tuple[AnalyzeConfig, Any, list[int], list[int
     --seq-len fitted to the model, the loaded model, the layers and the heatmap layers (or None)."""
     from headgame.data import check_source
     from headgame.models.layout import fit_seq_len
+    from headgame.config import resolve_device
+    from headgame.models.device import place
     from headgame.models.load import load_model
 
     check_out_path(cfg.out)
+    resolve_device(cfg.device)  # a GPU asked for and absent fails before the model loads
     check_source(cfg.data, text_field=cfg.text_field, data_dir=cfg.data_dir)
     loaded = load_model(cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
     if cfg.adapter:
         from headgame.models.adapters import attach_adapter
 
         loaded = attach_adapter(loaded, cfg.adapter, merge=cfg.merge_adapter)
+    place(loaded, resolve_device(cfg.device))
     layout = loaded.layout
     seq_len, fitted = fit_seq_len(cfg.seq_len, DEFAULT_SEQ_LEN, layout.max_positions)
     layers = layout.parse_layers(cfg.layers)

@@ -17,6 +17,7 @@ USAGE = """examples:
   headgame eval --model smollm2-135m --adapter runs/lora --merge-adapter --tasks truthfulqa_mc2,mmlu --out E2
   headgame eval --model smollm2-135m --decoding cad --tasks halueval_qa,memotrap --out E3
   headgame eval --compare E/eval.json E2/eval.json --out cmp
+  headgame eval --tasks all --limit 50 --export-lm-eval lm-eval-tasks
 """
 
 
@@ -54,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
 
     apply_threads(args)
     cfg = config_from_args(args, EvalConfig)
+    if cfg.export_lm_eval:
+        return run_export(cfg)
     DECODING.get(cfg.decoding)  # unknown method: error with the valid ones
     from rich.console import Console
 
@@ -72,6 +75,18 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print_scores(result)
     print(f"wrote {os.path.join(os.path.abspath(cfg.out), 'eval.json')}")
+    return 0
+
+
+def run_export(cfg: EvalConfig) -> int:
+    """--export-lm-eval DIR: write the lm-eval task configs and items, score nothing."""
+    from headgame.evaluate.lm_eval_export import export_from_config
+
+    done = export_from_config(cfg, say=lambda msg: print(msg, file=sys.stderr))
+    for e in done:
+        print(f"{e.task:28s} {len(e.ids):5d} items  {e.yaml}")
+    out = Path(cfg.export_lm_eval)
+    print(f"wrote {out.resolve() / 'README.md'}; run: lm_eval --model hf --model_args pretrained=MODEL --include_path {out.resolve()} --tasks headgame")
     return 0
 
 

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from headgame.config import (ConfigMixin, check_choice, check_dtype, check_field_types, check_seed, in_range, nonempty,
+from headgame.config import (check_device, ConfigMixin, check_choice, check_dtype, check_field_types, check_seed, in_range, nonempty,
                              nonneg_int, positive_int, warn)
 from headgame.errors import HeadgameError
 
@@ -65,10 +65,17 @@ class EvalConfig(ConfigMixin):
     """Wrap prompts in the model's chat template (default: plain prompts, as for base models)."""
     dtype: str = "float32"
     """Model dtype: float32, bfloat16 or float16."""
+    device: str = "auto"
+    """Device to run on: auto (cuda when a GPU is visible, else cpu), cpu, cuda or cuda:N."""
+    compile: bool = False
+    """torch.compile the model (inductor) before scoring; the first batches of each shape compile."""
     trust_remote_code: bool = False
     """Allow custom modelling code from a hub repository."""
     out: str = "eval-out"
     """Output folder (eval.json, config.yaml)."""
+    export_lm_eval: str | None = None
+    """Write headgame's own tasks of --tasks (HaluEval, MemoTrap, PopQA, GSM8K ppl) with their sampled
+    items as lm-evaluation-harness task configs into this folder (run them with lm_eval --include_path), then exit without scoring."""
 
     def __post_init__(self) -> None:
         from headgame.evaluate.decoding import DECODING
@@ -78,6 +85,7 @@ class EvalConfig(ConfigMixin):
             nonempty(getattr(self, name), f"--{name}", example)
         nonempty(self.adapter, "--adapter", "DIR", optional=True)
         nonempty(self.data_dir, "--data-dir", "DIR", optional=True)
+        nonempty(self.export_lm_eval, "--export-lm-eval", "DIR", optional=True)
         if self.limit is not None and (not isinstance(self.limit, int) or self.limit <= 0):
             raise HeadgameError(f"--limit must be a positive number of items, got {self.limit}; pass e.g. --limit 50, or leave it out for N = {self.n_items}")
         for name, flag in (("n_items", "--n-items"), ("batch_tokens", "--batch-tokens"), ("gen_batch", "--gen-batch")):
@@ -92,6 +100,7 @@ class EvalConfig(ConfigMixin):
         if self.mmlu_shots < 0 or self.mmlu_shots > 5:
             raise HeadgameError(f"--mmlu-shots must be 0..5 (the dev split has five questions per subject), got {self.mmlu_shots}; pass e.g. --mmlu-shots 5")
         check_dtype(self.dtype)
+        check_device(self.device)
         check_choice(self.truthfulqa_version, "--truthfulqa-version", ("v0", "v1", "2025"))
         if self.merge_adapter and not self.adapter:
             raise HeadgameError("--merge-adapter needs --adapter DIR; pass the adapter folder to merge")

@@ -176,7 +176,7 @@ class DoLa(DecodingMethod):
         early = torch.stack([F.log_softmax(parts.logits(states.layers[l], l), dim=-1) for l in cands])  # [C, N, V]
         div = jsd(final.unsqueeze(0).expand_as(early), early)  # [C, N]
         pick = div.argmax(dim=0)  # [N]
-        premature = early[pick, torch.arange(final.shape[0])]  # [N, V]
+        premature = early[pick, torch.arange(final.shape[0], device=final.device)]  # [N, V]
         mask = plausible_mask(final, self.relative_top)
         if proper:
             return dola_proper(final, premature, mask)
@@ -198,9 +198,9 @@ class Sharpness:
 
     SHIFT = 1e4
 
-    def __init__(self, vocab: int, batch: tuple[int, ...] = ()) -> None:
-        self.lse = torch.full((*batch, vocab), -math.inf, dtype=torch.float64)
-        self.b = torch.full((*batch, vocab), -math.inf, dtype=torch.float64)
+    def __init__(self, vocab: int, batch: tuple[int, ...] = (), device: "torch.device | str | None" = None) -> None:
+        self.lse = torch.full((*batch, vocab), -math.inf, dtype=torch.float64, device=device)
+        self.b = torch.full((*batch, vocab), -math.inf, dtype=torch.float64, device=device)
 
     def copy(self) -> "Sharpness":
         new = Sharpness.__new__(Sharpness)
@@ -244,7 +244,7 @@ def feed_sharpness(parts: ModelParts, state: Sharpness, info: torch.Tensor, laye
                 picked[p] = ent[p - start]
     if positions is None:
         return None
-    return torch.stack([picked[p] for p in positions]) if positions else torch.empty(0, parts.vocab_size)
+    return torch.stack([picked[p] for p in positions]) if positions else torch.empty(0, parts.vocab_size, device=info.device)
 
 
 @DECODING.register("actdec")

@@ -61,6 +61,11 @@ class ModelParts:
         softcap = getattr(text_cfg, "final_logit_softcapping", None)
         return cls(model, decoder, norm, head, n_layers, int(head.weight.shape[0]), float(softcap) if softcap else None)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the LM head's weights are: every batch is moved there."""
+        return self.lm_head.weight.device
+
     # ------------------------------------------------------------------ projections
     def logits(self, hidden: torch.Tensor, layer: int | None = None) -> torch.Tensor:
         """Vocabulary logits of hidden states. ``layer`` is a ``hidden_states`` index: the final
@@ -90,7 +95,7 @@ class Prefix:
 
 def run_prefix(parts: ModelParts, tokens: list[int] | tuple[int, ...], info_layer: int | None = None) -> Prefix:
     """One forward of ``tokens`` (batch 1) keeping the KV cache."""
-    ids = torch.tensor([list(tokens)], dtype=torch.long)
+    ids = torch.tensor([list(tokens)], dtype=torch.long, device=parts.device)
     out = parts.decoder(
         input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True,
         output_hidden_states=info_layer is not None,
@@ -131,21 +136,20 @@ def run_rows(
     b = len(rows)
     p_len = prefix.length if prefix is not None else 0
     width = max(len(r) for r in rows)
-    ids = torch.full((b, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((b, p_len + width), dtype=torch.long)
-    mask[:, :p_len] = 1
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, p_len : p_len + len(r)] = 1
-    pos_ids = (p_len + torch.arange(width)).unsqueeze(0).expand(b, width)  # [B, L]
+    dev = parts.device  # every tensor is made on the model's device (one copy of the token lists)
+    ids = torch.tensor([list(r) + [pad_id] * (width - len(r)) for r in rows], dtype=torch.long, device=dev)  # [B, L]
+    cols = torch.arange(width, device=dev)
+    lens = torch.tensor([len(r) for r in rows], dtype=torch.long, device=dev)
+    mask = torch.cat([torch.ones((b, p_len), dtype=torch.long, device=dev), (cols < lens[:, None]).long()], dim=1)
+    pos_ids = (p_len + cols).unsqueeze(0).expand(b, width)  # [B, L]
     want_hidden = bool(layers) or info_layer is not None
     out = parts.decoder(
         input_ids=ids, attention_mask=mask, position_ids=pos_ids,
         past_key_values=expand_cache(prefix, b) if prefix is not None else None,
         use_cache=prefix is not None, output_hidden_states=want_hidden,
     )
-    row_idx = torch.tensor([i for i, ps in enumerate(positions) for _ in ps], dtype=torch.long)
-    col_idx = torch.tensor([p for ps in positions for p in ps], dtype=torch.long)
+    row_idx = torch.tensor([i for i, ps in enumerate(positions) for _ in ps], dtype=torch.long, device=dev)
+    col_idx = torch.tensor([p for ps in positions for p in ps], dtype=torch.long, device=dev)
     final = out.last_hidden_state[row_idx, col_idx]  # [B, L, d] -> [N, d]
     layer_states = {l: out.hidden_states[l][row_idx, col_idx] for l in layers}
     info = None

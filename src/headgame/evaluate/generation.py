@@ -81,12 +81,11 @@ def _generate_batch(scorer: "HFScorer", reqs: list[GenerateRequest], rows: list[
     p_len = prefix.length if prefix is not None else 0
     suffixes = [r[p_len:] for r in rows]
     width = max(len(s) for s in suffixes)
-    ids = torch.full((n_rows, width), tokens.pad, dtype=torch.long)
-    smask = torch.zeros((n_rows, width), dtype=torch.long)
-    for i, s in enumerate(suffixes):
-        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)  # left-pad after the prefix
-        smask[i, width - len(s):] = 1
-    mask = torch.cat([torch.ones((n_rows, p_len), dtype=torch.long), smask], dim=1)
+    dev = parts.device  # every tensor is made on the model's device (one copy of the token lists)
+    ids = torch.tensor([[tokens.pad] * (width - len(s)) + list(s) for s in suffixes], dtype=torch.long, device=dev)  # left-pad after the prefix
+    lens = torch.tensor([len(s) for s in suffixes], dtype=torch.long, device=dev)
+    smask = (torch.arange(width, device=dev) >= width - lens[:, None]).long()  # [R, W]
+    mask = torch.cat([torch.ones((n_rows, p_len), dtype=torch.long, device=dev), smask], dim=1)
     pos = (p_len + smask.cumsum(dim=1) - 1).clamp(min=p_len)  # [R, W]
     layers = scorer.layers
     info_layer = scorer.info_layer
@@ -132,7 +131,7 @@ def _generate_batch(scorer: "HFScorer", reqs: list[GenerateRequest], rows: list[
         if all(finished) or step == max_new - 1:
             break
         step_ids = nxt.repeat_interleave(nv).unsqueeze(1)  # [R, 1]
-        mask = torch.cat([mask, torch.ones((n_rows, 1), dtype=torch.long)], dim=1)
+        mask = torch.cat([mask, torch.ones((n_rows, 1), dtype=torch.long, device=dev)], dim=1)
         last_pos = last_pos + 1
         out = parts.decoder(
             input_ids=step_ids, attention_mask=mask, position_ids=last_pos.unsqueeze(1),

@@ -8,6 +8,13 @@ prompts, functions and metrics), points it at the files (``dataset_path: json``,
 ``dataset_kwargs.data_files``) and runs ``simple_evaluate`` offline with the model object
 itself (``HFLM(pretrained=model)``), so both sides score one model on one set of items.
 
+HaluEval (QA, dialogue, summarisation), MemoTrap, PopQA and GSM8K perplexity have no lm-eval
+built-in over the same items and prompt: for them the bridge writes headgame's own lm-eval export
+(:mod:`headgame.evaluate.lm_eval_export`: task YAMLs, a self-contained ``utils.py``, the items)
+and loads those configs, so lm-eval runs headgame's prompts and scoring rules through its own
+request and generation machinery. GSM8K's token perplexity is computed from lm-eval's rolling
+log-likelihoods and the tokenizer's token counts (lm-eval reports word and byte metrics only).
+
 Per-task differences that remain by construction (documented in the agreement JSON):
 MMLU runs as one lm-eval task per subject present in the sample, pooled item-weighted as
 lm-eval's ``mmlu`` group does; NQ-open's eight shots are headgame's (held out of the dev file)
@@ -24,9 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from headgame.errors import HeadgameError
+from headgame.evaluate.lm_eval_export import EXPORTED, export_tasks
 from headgame.evaluate.tasks import TASKS, TaskOptions, sample_indices
+from headgame.evaluate.tasks.gsm8k_ppl import FORMATS
 
-BRIDGED = ("truthfulqa_mc1", "truthfulqa_mc2", "mmlu", "winogrande", "wikitext", "nq_open")
+BUILTIN = ("truthfulqa_mc1", "truthfulqa_mc2", "mmlu", "winogrande", "wikitext", "nq_open")
+"""Tasks run through lm-eval's own task YAMLs."""
+BRIDGED = BUILTIN + EXPORTED
+"""Every task the bridge runs: the built-ins, then headgame's exported ones."""
 LM_EVAL_PIN = "lm-eval==0.4.13"
 
 
@@ -72,19 +84,34 @@ class BridgeTask:
 
 
 def build_tasks(names: list[str], *, data_dir: str | None, work: Path, limit: int | None = None, n_items: int = 1024,
-                seed: int = 42, mmlu_shots: int = 5, max_new_tokens: int = 32,
+                seed: int = 42, mmlu_shots: int = 5, max_new_tokens: int | None = None,
                 ids: dict[str, list[int]] | None = None) -> list[BridgeTask]:
-    """lm-eval configs for ``names`` over headgame's seeded draw (or the given item ``ids``)."""
+    """lm-eval configs for ``names`` over headgame's seeded draw (or the given item ``ids``);
+    ``max_new_tokens`` overrides every generation task's budget (None: each task's own)."""
     options = TaskOptions(data_dir=data_dir, seed=seed, mmlu_shots=mmlu_shots, max_new_tokens=max_new_tokens)
     out = []
     for name in names:
         if name not in BRIDGED:
             raise HeadgameError(f"task {name} has no lm-eval counterpart here; bridged tasks: {', '.join(BRIDGED)}")
+        if name in EXPORTED:
+            out.append(_exported(name, data_dir, work / name, limit, n_items, seed, max_new_tokens, (ids or {}).get(name)))
+            continue
         task = TASKS.get(name)(options)
         docs = task.docs()
         chosen = (ids or {}).get(name) or sample_indices(len(docs), n_items, seed, limit)
-        out.append(_bridge(name, task, [docs[i] for i in chosen], list(chosen), work / name, mmlu_shots, max_new_tokens))
+        out.append(_bridge(name, task, [docs[i] for i in chosen], list(chosen), work / name, mmlu_shots, max_new_tokens or 32))
     return out
+
+
+def _exported(name: str, data_dir: str | None, work: Path, limit: int | None, n_items: int, seed: int,
+              max_new: int | None, ids: list[int] | None) -> BridgeTask:
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    (done,) = export_tasks([name], work, data_dir=data_dir, seed=seed, n_items=n_items, limit=limit, max_new_tokens=max_new,
+                           ids={name: ids} if ids else None)
+    cfg = load_yaml(done.yaml, resolve_func=True, recursive=True)
+    cfg = {k: v for k, v in cfg.items() if k != "tag"}
+    return BridgeTask(name, [cfg], {done.task: done.ids})
 
 
 
@@ -132,7 +159,8 @@ def _bridge(name: str, task, docs: list[dict], ids: list[int], work: Path, mmlu_
     raise AssertionError(name)
 
 
-def run_lm_eval(model, tokenizer, bridge: list[BridgeTask], *, batch_size: int = 8, max_length: int = 2048) -> dict[str, dict]:
+def run_lm_eval(model, tokenizer, bridge: list[BridgeTask], *, batch_size: int = 8, max_length: int = 2048,
+                device: str = "cpu") -> dict[str, dict]:
     """Per headgame task: lm-eval's score over the same items and its per-item outcomes."""
     require_lm_eval()
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -140,7 +168,7 @@ def run_lm_eval(model, tokenizer, bridge: list[BridgeTask], *, batch_size: int =
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length, device="cpu")
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length, device=device)
     configs = [c for b in bridge for c in b.configs]
     res = simple_evaluate(model=lm, tasks=configs, log_samples=True, bootstrap_iters=0, confirm_run_unsafe_code=True)
     samples = res["samples"]
@@ -150,6 +178,8 @@ def run_lm_eval(model, tokenizer, bridge: list[BridgeTask], *, batch_size: int =
         for lname, ids in b.ids.items():
             for s in samples.get(lname, []):
                 items[ids[s["doc_id"]]] = s
+                if b.name == "gsm8k_ppl":  # token perplexity: the tokens lm-eval's rolling windows scored
+                    s["n_tokens"] = len(tokenizer.encode(FORMATS["qa"](s["doc"]), add_special_tokens=False))
         out[b.name] = {"score": _score(b.name, items), "items": items}
     return out
 
@@ -157,11 +187,13 @@ def run_lm_eval(model, tokenizer, bridge: list[BridgeTask], *, batch_size: int =
 def _score(name: str, items: dict[int, dict]) -> float:
     if not items:
         return math.nan
+    if name == "gsm8k_ppl":
+        return math.exp(sum(-s["word_perplexity"][0] for s in items.values()) / sum(s["n_tokens"] for s in items.values()))
     if name == "wikitext":
         ll = sum(s["bits_per_byte"][0] for s in items.values())
         n_bytes = sum(s["bits_per_byte"][1] for s in items.values())
         return -ll / n_bytes / math.log(2)
-    key = "exact_match" if name == "nq_open" else "acc"
+    key = "exact_match" if name in ("nq_open", "popqa") else "acc"
     return sum(float(s[key]) for s in items.values()) / len(items)
 
 
@@ -169,7 +201,9 @@ def item_outcome(name: str, sample: dict) -> float:
     """lm-eval's per-item outcome in headgame's ``num`` terms (for binary tasks and MC2)."""
     if name == "wikitext":
         return -sample["bits_per_byte"][0] / math.log(2)
-    return float(sample["exact_match" if name == "nq_open" else "acc"])
+    if name == "gsm8k_ppl":
+        return -sample["word_perplexity"][0]
+    return float(sample["exact_match" if name in ("nq_open", "popqa") else "acc"])
 
 
 def loglikelihoods(sample: dict) -> list[float] | None:

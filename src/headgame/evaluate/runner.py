@@ -32,7 +32,10 @@ Say = Callable[[str], None]
 
 def load_for_eval(cfg: EvalConfig, say: Say = print) -> tuple[Any, Any, dict]:
     """The model (adapter applied, merged if asked), its tokenizer and a description."""
+    from headgame.config import resolve_device
     from headgame.models.load import load_model as load  # pruned-model folders too
+
+    device = resolve_device(cfg.device)  # a GPU asked for and absent fails before the model loads
     loaded = load(cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
     model, tokenizer = loaded.model, loaded.tokenizer
     if not loaded.layout.causal:
@@ -48,6 +51,8 @@ def load_for_eval(cfg: EvalConfig, say: Say = print) -> tuple[Any, Any, dict]:
 
         model, info["adapter"] = apply_adapter(model, cfg.adapter, merge=cfg.merge_adapter, model_name=cfg.model,
                                                model_hash=loaded.info.get("hash"))
+    model.to(device)
+    info["device"] = str(device)
     return model, tokenizer, info
 
 
@@ -70,7 +75,12 @@ def build_scorer(cfg: EvalConfig, model, tokenizer, info: dict, notes: list[str]
         relative_top=cfg.relative_top, tied_embeddings=tied, layer=cfg.actdec_layer,
     )
     scfg = ScorerConfig(max_length=max_length, batch_tokens=cfg.batch_tokens, gen_batch=cfg.gen_batch)
-    return HFScorer(model, tokenizer, method, scfg, chat_template=chat)
+    scorer = HFScorer(model, tokenizer, method, scfg, chat_template=chat)
+    if cfg.compile:  # the decoder in place (inductor); the LM head and the decoding maths stay eager
+        from headgame.models.device import compile_in_place
+
+        compile_in_place(scorer.parts.decoder, dynamic=True)  # batch, length and cache size change at every call
+    return scorer
 
 
 _KINDS: tuple[tuple[str, type, str], ...] = (
@@ -80,8 +90,11 @@ _KINDS: tuple[tuple[str, type, str], ...] = (
 )
 
 
-def run_tasks(cfg: EvalConfig, lm: LanguageModel, *, say: Say = print, progress: Callable[[str, int], Callable[[int, str], None]] | None = None) -> dict:
+def run_tasks(cfg: EvalConfig, lm: LanguageModel, *, say: Say = print, progress: Callable[[str, int], Callable[[int, str], None]] | None = None,
+              ids: dict[str, list[int]] | None = None) -> dict:
     """Score every task of ``cfg`` with ``lm``; returns the ``tasks`` part of eval.json.
+
+    ``ids`` gives the item ids of some tasks (benchmarks score chosen items; default: the seeded draw).
 
     ``progress(kind, n_requests)`` returns ``update(done, live_text)`` for one request kind; the
     text is items/s and the running score of the task being finished (:mod:`headgame.evaluate.live`)."""
@@ -95,10 +108,10 @@ def run_tasks(cfg: EvalConfig, lm: LanguageModel, *, say: Say = print, progress:
         docs = task.docs()
         if not docs:
             raise HeadgameError(f"task {name} found no items in {task.found.source if task.found else 'its data'}; check the data files")
-        ids = sample_indices(len(docs), cfg.n_items, cfg.seed, cfg.limit)
-        picked = [docs[i] for i in ids]
+        chosen_ids = list((ids or {}).get(name) or sample_indices(len(docs), cfg.n_items, cfg.seed, cfg.limit))
+        picked = [docs[i] for i in chosen_ids]
         tasks[name] = task
-        chosen[name] = (ids, picked, [task.requests(d) for d in picked])
+        chosen[name] = (chosen_ids, picked, [task.requests(d) for d in picked])
     answers: dict[Any, Any] = {}
     timing: dict[str, dict] = {}
     live = LiveScores(tasks, chosen) if progress else None  # the bar's running score; never feeds results

@@ -237,14 +237,14 @@ class HFScorer:
         self.stats["prefix_tokens"] += prefix.length if counted else 0
         self.stats["forward_tokens"] += prefix.length if counted else 0
         if self.info_layer is not None:
-            prefix.sharpness = Sharpness(self.parts.vocab_size)
+            prefix.sharpness = Sharpness(self.parts.vocab_size, device=self.parts.device)
             feed_sharpness(self.parts, prefix.sharpness, prefix.info_hidden, self.info_layer)
         return prefix
 
     def start_sharpness(self, prefix: Prefix | None) -> Sharpness:
         if prefix is not None and prefix.sharpness is not None:
             return prefix.sharpness.copy()
-        return Sharpness(self.parts.vocab_size)
+        return Sharpness(self.parts.vocab_size, device=self.parts.device)
 
     def _score_chunk(self, chunk: list[Unit], prefix: Prefix | None) -> list[tuple[float, bool]]:
         plen = prefix.length if prefix is not None else 0
@@ -305,7 +305,7 @@ class HFScorer:
             layers = {l: torch.cat([p[2][l] for p in pending]) for l in self.layers}
             sharp = torch.cat([p[3] for p in pending]) if self.info_layer is not None else None
             scores = self.method.logprobs(self.parts, PositionStates(views, layers, sharp), proper=self._proper)  # [n, V]
-            tgt = torch.tensor([t for p in pending for t in p[4]], dtype=torch.long)
+            tgt = torch.tensor([t for p in pending for t in p[4]], dtype=torch.long, device=scores.device)
             picked = scores.gather(1, tgt[:, None])[:, 0].tolist()
             hits = (scores.argmax(dim=-1) == tgt).tolist()
             at = 0
@@ -359,7 +359,7 @@ class _RowStore:
         idx = [self.index[rid][p] for p in positions]
         if idx and idx == list(range(idx[0], idx[0] + len(idx))):
             return slice(idx[0], idx[0] + len(idx))  # contiguous: a view, no copy
-        return torch.tensor(idx, dtype=torch.long)
+        return torch.tensor(idx, dtype=torch.long, device=self._final[rid].device)
 
     def final(self, rid: int, positions: list[int]) -> torch.Tensor:
         return self._final[rid][self._rows(rid, positions)]

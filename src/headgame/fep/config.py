@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from headgame.config import ConfigMixin, check_dtype, check_field_types, check_seed, in_range, nonempty, nonneg_int, positive_int, warn
+from headgame.config import check_device, ConfigMixin, check_dtype, check_field_types, check_seed, in_range, nonempty, nonneg_int, positive_int, warn
 from headgame.errors import HeadgameError
 
 TABLE_FORMATS = ("csv", "parquet")
@@ -69,6 +69,8 @@ class FepConfig(ConfigMixin):
     """Seed for sampling GSM8K problems, the bootstrap and the MCMC."""
     dtype: str = "float32"
     """Model dtype (docs/formulas.md#symbols: float32 for attention extraction)."""
+    device: str = "auto"
+    """Device to run on: auto (cuda when a GPU is visible, else cpu), cpu, cuda or cuda:N."""
     trust_remote_code: bool = False
     """Allow custom modelling code from a hub repository."""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -115,10 +117,11 @@ class FepConfig(ConfigMixin):
 
         check_fraction(self.fraction)
         check_dtype(self.dtype)
+        check_device(self.device)
 
     @property
     def ablation_budget(self) -> int:
         """--ablation-tokens, or its default for this run's --max-tokens."""
         return self.ablation_tokens if self.ablation_tokens is not None else min(256, self.max_tokens // 16)
 
-    NOT_IDENTITY = frozenset({"out", "checkpoint_every", "extra"})
+    NOT_IDENTITY = frozenset({"device", "out", "checkpoint_every", "extra"})

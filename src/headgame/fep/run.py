@@ -113,15 +113,17 @@ def run_fep(cfg: FepConfig, *, resume: bool = False, progress: bool = True, cons
 def prepare(cfg: FepConfig) -> tuple[FepConfig, Any, list[int], str]:
     """Check every input against the files and the model, writing nothing: the config with --seq-len
     fitted to the model, the loaded model, the layers and the text source ('auto' resolved)."""
-    from headgame.config import DEFAULT_SEQ_LEN, check_out_path, with_values
+    from headgame.config import DEFAULT_SEQ_LEN, check_out_path, resolve_device, with_values
+    from headgame.models.device import place
     from headgame.data.texts import check_sequence_source
     from headgame.models.layout import fit_seq_len
     from headgame.models.load import load_model
 
     check_out_path(cfg.out)
+    device = resolve_device(cfg.device)  # a GPU asked for and absent fails before the model loads
     source = resolve_source(cfg.data, cfg.data_dir)
     check_sequence_source(source, text_field=cfg.text_field, data_dir=cfg.data_dir)
-    loaded = load_model(cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+    loaded = place(load_model(cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code), device)
     layout = loaded.layout
     if loaded.info.get("kind") == "pruned":
         raise HeadgameError(f"{cfg.model} is a pruned model; analyse the original model (the dividends need every head)")

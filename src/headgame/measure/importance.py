@@ -26,6 +26,7 @@ from torch import nn
 
 from headgame.data.texts import Sequences, sequence_batches
 from headgame.errors import HeadgameError
+from headgame.models.device import to_model
 from headgame.models.layout import HeadLayout
 from headgame.models.objective import causal_lm_loss, masked_lm_loss
 from headgame.models.tap import HeadTap, activation_gradients
@@ -120,13 +121,14 @@ def attention_entropy(model, layout: HeadLayout, seqs: Sequences, *, batch_size:
     def add(layer: int, a: torch.Tensor) -> None:  # a: [B, H, T, S]
         a = a.double()
         ent = -(a * torch.log2(a.clamp_min(1e-30))).sum(-1)  # [B, H, T]
-        acc[layer] += ent.permute(0, 2, 1)[valid].sum(0).numpy()  # [B, T, H] -> [N, H] -> [H]
+        acc[layer] += ent.permute(0, 2, 1)[valid.to(ent.device)].sum(0).cpu().numpy()  # [B, T, H] -> [N, H] -> [H]
 
     with HeadTap(model, layout, on_attention=add) as tap:
         for b, (ids, mask) in enumerate(sequence_batches(seqs, batch_size)):
             valid = mask.bool()  # [B, T]
             tap.set_mask(mask)
-            base(input_ids=ids, attention_mask=mask)
+            dev_ids, dev_mask = to_model(base, ids, mask)
+            base(input_ids=dev_ids, attention_mask=dev_mask)
             rows += int(valid.sum())
             if on_step is not None:
                 on_step(b + 1, n_batches)

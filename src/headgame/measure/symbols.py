@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from headgame.errors import HeadgameError
+from headgame.models.device import to_model
 from headgame.models.layout import HeadLayout
 from headgame.models.tap import HeadTap
 
@@ -89,13 +90,14 @@ def collect_symbols(
             ids, mask = input_ids[b0 : b0 + mask.shape[0], :width], mask[:, :width]  # [B, T']
             tap.clear()
             tap.set_mask(mask)
-            base(input_ids=ids, attention_mask=mask)
+            dev_ids, dev_mask = to_model(base, ids, mask)  # the batch is cut on the CPU
+            base(input_ids=dev_ids, attention_mask=dev_mask)
             valid = mask.bool()  # [B, T]
             b_idx, q_idx = valid.nonzero(as_tuple=True)  # [n_b]
             seqs.append(b_idx + b0)
             poss.append(q_idx)
             for l in layers:
-                k = tap.argmax[l].to(torch.int64)  # [B, T, H], -1 at padding
+                k = tap.argmax[l].to("cpu", torch.int64)  # [B, T, H], -1 at padding; symbols live on the CPU
                 k = k[valid]  # [n_b, H]
                 if alphabet == "relative":
                     k = q_idx.unsqueeze(-1) - k  # offset back from the query

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from headgame.models.device import to_model
 from headgame.models.layout import HeadLayout
 
 MLM_RATE = 0.15
@@ -38,6 +39,7 @@ def _has_mlm_head(model: nn.Module) -> bool:
 
 
 def causal_lm_loss(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> LossOutput:
+    input_ids, attention_mask = to_model(model, input_ids, attention_mask)  # batches are built on the CPU
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits  # [B, T, V]
     targets = input_ids[:, 1:].clone()  # [B, T-1]
     if attention_mask is not None:
@@ -57,10 +59,12 @@ def masked_lm_loss(
     special_ids: set[int],
     generator: torch.Generator,
 ) -> LossOutput:
+    input_ids, attention_mask = to_model(model, input_ids, attention_mask)  # batches are built on the CPU
     valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
     for sid in special_ids:
         valid &= input_ids != sid
-    draw = torch.rand(input_ids.shape, generator=generator) < MLM_RATE
+    # drawn on the (CPU) generator's device, so a seed masks the same tokens on every device
+    draw = torch.rand(input_ids.shape, generator=generator, device=generator.device).to(input_ids.device) < MLM_RATE
     chosen = valid & draw
     if not chosen.any():  # guarantee at least one target per batch
         first = valid.nonzero()[:1]
@@ -95,7 +99,7 @@ class Objective:
         """Draw (and drop) the masked-LM draws of a batch scored elsewhere (another process), so
         the batches after it are masked as in a run that scores every batch."""
         if not self.layout.causal:
-            torch.rand(input_ids.shape, generator=self.generator)
+            torch.rand(input_ids.shape, generator=self.generator, device=self.generator.device)
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> LossOutput:
         if self.layout.causal:

@@ -12,17 +12,19 @@ from headgame.prune.config import PruneConfig
 
 def prepare(cfg: PruneConfig) -> Any:
     """The loaded model of a prune run whose inputs all passed their checks (nothing is written)."""
-    from headgame.config import check_out_path
+    from headgame.config import check_out_path, resolve_device
+    from headgame.models.device import place
     from headgame.data.texts import check_sequence_source, resolve_source
     from headgame.measure.select import budget
     from headgame.models.load import load_model
 
     check_out_path(cfg.out)
+    device = resolve_device(cfg.device)  # a GPU asked for and absent fails before the model loads
     for flag, path in (("--analysis", cfg.analysis), ("--gsm8k-file", cfg.gsm8k_file), ("--wikitext-file", cfg.wikitext_file)):
         if path is not None and not Path(path).is_file():
             raise HeadgameError(f"{flag} {path} not found; check the path")
     check_sequence_source(resolve_source(cfg.score_data, cfg.data_dir), text_field=cfg.text_field, data_dir=cfg.data_dir)
-    loaded = load_model(cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+    loaded = place(load_model(cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code), device)
     layout = loaded.layout
     if loaded.info.get("kind") == "pruned":
         raise HeadgameError(f"{cfg.model} is already pruned; prune the original model")

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from headgame.errors import HeadgameError
-from headgame.config import ConfigMixin, check_dtype, check_field_types, check_seed, nonempty, nonneg_int, positive_int
+from headgame.config import check_device, ConfigMixin, check_dtype, check_field_types, check_seed, nonempty, nonneg_int, positive_int
 
 PPL_SETS = ("gsm8k", "wikitext2")
 DEFAULT_COMPARE = "fep,random,attention-entropy,michel,ablation"
@@ -94,6 +94,8 @@ class PruneConfig(ConfigMixin):
     """Seed of sampling, random pruning (seeds seed..seed+random_seeds−1) and timing batches."""
     dtype: str = "float32"
     """Model dtype (perplexity, FLOPs and timing)."""
+    device: str = "auto"
+    """Device to run on: auto (cuda when a GPU is visible, else cpu), cpu, cuda or cuda:N."""
     trust_remote_code: bool = False
     """Allow custom modelling code from a hub repository."""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -141,8 +143,9 @@ class PruneConfig(ConfigMixin):
         if self.gsm8k_format not in ("qa", "answer", "question"):
             raise HeadgameError(f"--gsm8k-format {self.gsm8k_format} is not known; use qa, answer or question")
         check_dtype(self.dtype)
+        check_device(self.device)
 
-    NOT_IDENTITY = frozenset({"out", "extra"})
+    NOT_IDENTITY = frozenset({"device", "out", "extra"})
 
     @property
     def ppl_set_list(self) -> list[str]:

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from headgame.models.device import model_device, synchronize
 from headgame.models.layout import HeadLayout
 from headgame.models.surgery import head_counts
 
@@ -72,6 +73,66 @@ def analytic_flops(model: nn.Module, layout: HeadLayout, seq_len: int) -> dict[s
     }
 
 
+def step_flops(model: nn.Module, layout: HeadLayout, seq_len: int, *, batch_size: int = 1,
+               grad_to_layer: int | None = None) -> dict[str, Any]:
+    """Analytic FLOPs of one training step (forward + backward) on ``batch_size`` x ``seq_len``
+    tokens, for the parameters of ``model`` that require grad (docs/formulas.md#flops counts).
+
+    * forward: :func:`analytic_flops` of each sequence, plus 2 FLOPs per multiply-add of every
+      trainable ``lora_A``/``lora_B`` matrix (adapters are not in the base count);
+    * backward, input gradients: each layer at or above the lowest layer that needs them costs
+      its forward FLOPs again (dL/dx = g·Wᵀ has the size of the forward product), and the LM head
+      once; the lowest layer is the lowest block holding a trainable parameter, or
+      ``grad_to_layer`` when given (analyze's activation-only pass: 0, every layer), and a
+      trainable input embedding means every layer;
+    * backward, weight gradients: 2·T·(in·out) for each trainable matrix of a linear layer
+      (dW = gᵀx), 0 for a frozen one; embeddings (a scatter-add) and vectors (norms, biases) are
+      not counted. For LoRA this term is tiny; for analyze (nothing trainable) it is 0.
+
+    So a full fine-tune is ≈ 3x the forward, LoRA ≈ 2x, analyze's gradient pass 2x.
+    Returns ``{"forward", "backward_input", "backward_weight", "total", "tokens",
+    "lowest_grad_layer", "trainable_matrices", "method"}``; all FLOPs are for the whole batch."""
+    fam = layout.family_def
+    dm = _dims(model, layout)
+    d, ff, vocab, dh, t = dm["d"], dm["ff"], dm["vocab"], dm["dh"], seq_len
+    per_layer = [2 * t * d * (nq + 2 * nkv) * dh + 2 * t * nq * dh * d + 4 * t * t * nq * dh + 2 * t * d * ff * fam.mlp_matrices
+                 for nq, nkv in head_counts(model, layout)]
+    head = fam.lm_head_flops(model, fam.head_kind(model), t, d, vocab)
+    blocks = layout.blocks(model)
+    block_of = {id(p): i for i, b in enumerate(blocks) for p in b.parameters()}
+    lowest, adapter, weight, n_mats = grad_to_layer, 0, 0, 0
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    emb_ids = {id(p) for p in emb.parameters()} if emb is not None else set()
+    head_mod = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head_ids = {id(p) for p in head_mod.parameters()} if head_mod is not None else set()
+    for name, p in model.named_parameters():  # a tied LM head / embedding is one parameter, listed once
+        if not p.requires_grad:
+            continue
+        if id(p) in emb_ids:
+            lowest = 0
+            if id(p) not in head_ids:  # an input embedding's gradient is a scatter-add: no FLOPs counted
+                continue
+        layer = block_of.get(id(p))
+        if layer is not None:
+            lowest = layer if lowest is None else min(lowest, layer)
+        if p.dim() == 2:
+            n_mats += 1
+            weight += 2 * t * p.numel()
+            if "lora_A" in name or "lora_B" in name:
+                adapter += 2 * t * p.numel()
+    forward = sum(per_layer) + head + adapter
+    if lowest is None:  # nothing trainable and no activation gradients asked for: a forward only
+        backward_input = 0
+    else:
+        backward_input = sum(per_layer[lowest:]) + head + adapter
+    b = int(batch_size)
+    out = {"forward": b * forward, "backward_input": b * backward_input, "backward_weight": b * weight}
+    out.update(total=sum(out.values()), tokens=b * t, lowest_grad_layer=lowest, trainable_matrices=n_mats,
+               method="analytic (docs/formulas.md#flops): forward + input gradients from the loss down to the lowest "
+                      "layer needing them (its forward FLOPs again) + 2·T·in·out per trainable matrix")
+    return out
+
+
 def _attention_modules(model: nn.Module, layout: HeadLayout) -> list[str]:
     root = type(model).__name__
     names = []
@@ -91,7 +152,7 @@ def measured_flops(model: nn.Module, layout: HeadLayout, seq_len: int, *, vocab_
     from headgame.models.tap import eager_attention
 
     vocab = vocab_size or int(_text_config(model).vocab_size)
-    ids = torch.randint(0, vocab, (1, seq_len), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(0, vocab, (1, seq_len), generator=(g := torch.Generator().manual_seed(0)), device=g.device).to(model_device(model))
     kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     if layout.causal:
         kwargs["use_cache"] = False
@@ -183,13 +244,16 @@ def forward_throughput(
     seed: int = 0,
 ) -> dict[str, dict[str, Any]]:
     """Forward-pass timing (docs/formulas.md#throughput): every model on the same random batch, paired with ``models["base"]``."""
-    ids = torch.randint(0, vocab_size, (batch_size, seq_len), generator=torch.Generator().manual_seed(seed))
+    # drawn on the CPU (the same batch on every device), then moved to the models' device
+    dev = model_device(models["base"])
+    ids = torch.randint(0, vocab_size, (batch_size, seq_len), generator=(g := torch.Generator().manual_seed(seed)), device=g.device).to(dev)
     kw = _forward_kwargs(layout, ids)
 
     def runner(m: nn.Module):
         def run() -> None:
             with torch.inference_mode():
                 m(**kw)
+            synchronize(dev)  # a GPU clock stops when the work is done, not when it is queued
         return run
 
     others = {n: runner(m) for n, m in models.items() if n != "base"}
@@ -212,7 +276,8 @@ def generation_throughput(
     seed: int = 0,
 ) -> dict[str, dict[str, Any]]:
     """Greedy generation of ``new_tokens`` after a ``prompt_len`` prompt, paired with ``models["base"]``; tokens/s."""
-    ids = torch.randint(0, vocab_size, (1, prompt_len), generator=torch.Generator().manual_seed(seed))
+    dev = model_device(models["base"])
+    ids = torch.randint(0, vocab_size, (1, prompt_len), generator=(g := torch.Generator().manual_seed(seed)), device=g.device).to(dev)
     pad = getattr(tokenizer, "pad_token_id", None)
     if pad is None:
         pad = getattr(tokenizer, "eos_token_id", None)
@@ -222,6 +287,7 @@ def generation_throughput(
             with torch.inference_mode():
                 m.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
                            min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad)
+            synchronize(dev)
         return run
 
     others = {n: runner(m) for n, m in models.items() if n != "base"}

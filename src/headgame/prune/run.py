@@ -44,8 +44,11 @@ class Variant:
     results: dict[str, Any] = field(default_factory=dict)
 
 
-def device_info(dtype: str) -> dict[str, Any]:
-    return {"device": "cpu", "cpu": cpu_name(), "threads": torch.get_num_threads(), "dtype": dtype}
+def device_info(dtype: str, device: Any = "cpu") -> dict[str, Any]:
+    """What the timings ran on: the device (with its GPU name), the CPU, its threads and the dtype."""
+    dev = torch.device(device)
+    gpu = {"gpu": torch.cuda.get_device_name(dev)} if dev.type == "cuda" else {}
+    return {"device": str(dev), **gpu, "cpu": cpu_name(), "threads": torch.get_num_threads(), "dtype": dtype}
 
 
 def build_evalsets(cfg: PruneConfig, tokenizer: Any, layout: Any, notes: dict[str, str]) -> list:
@@ -339,7 +342,7 @@ def _prune(cfg: PruneConfig, loaded: Any, t_start: float, *, resume: bool = Fals
     result: dict[str, Any] = {
         **provenance(cfg),
         "model": {"spec": cfg.model, **layout.describe(), "hash": loaded.info.get("hash"), "n_heads_total": n_total},
-        "device": device_info(cfg.dtype),
+        "device": device_info(cfg.dtype, loaded.info.get("device", "cpu")),
         "budget": {"fraction": cfg.fraction, "per_layer": cfg.per_layer,
                    "n_pruned": sum(len(h) for h in variants[0].removed.values())},
         "data": {"score_source": source, "score_tokens": None if score_seqs is None else score_seqs.n_tokens,

@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from headgame.config import (DEFAULT_SEQ_LEN, DTYPES, ConfigMixin, check_field_types, check_seed, finite_float, in_range, nonempty, nonneg_int,
+from headgame.config import (DEFAULT_SEQ_LEN, check_device, DTYPES, ConfigMixin, check_field_types, check_seed, finite_float, in_range, nonempty, nonneg_int,
                              positive_int, warn)
 from headgame.errors import HeadgameError
 from headgame.game.losses import PairWeighting
 from headgame.game.schedule import Schedule
 
 ARBITRATIONS = ("nash_mtl", "sum")
+NASH_GRADIENTS = ("parameters", "representation")
 BT_TARGETS = ("identity", "zero")
 PRECISIONS = ("no", "bf16", "fp16")
 # the paper regularises layer 19 of Qwen2.5-0.5B's 24 layers (docs/formulas.md#design-layer)
@@ -65,6 +66,10 @@ class TrainConfig(ConfigMixin):
     """Seed of the data split, LoRA initialisation, dropout and the batch order."""
     dtype: str = "float32"
     """Dtype the base model is loaded in: float32, bfloat16 or float16 (see --mixed-precision for autocast)."""
+    device: str = "auto"
+    """Device to run on: auto (cuda when a GPU is visible, else cpu), cpu, cuda or cuda:N."""
+    compile: bool = False
+    """torch.compile the model (inductor): every layer's MLP and norms; attention, where the head taps hook in, stays eager."""
     trust_remote_code: bool = False
     """Allow custom modelling code from a hub repository."""
     # --- method
@@ -114,6 +119,12 @@ class TrainConfig(ConfigMixin):
     """0 = ρ from the previous step's exact CE gradient; e.g. 0.9 = an EMA of ρ."""
     nash_update_every: int = 1
     """Recompute the Nash-MTL weights every N steps, reusing them in between (1 = the reference)."""
+    nash_gradients: str = "parameters"
+    """Nash-MTL Gram from: parameters (exact task gradients on the LoRA weights, the reference) or representation (at the Barlow-Twins layer's input: one backward below it, docs/formulas.md#nash-representation)."""
+    nash_calibrate_every: int = 10
+    """With --nash-gradients representation: after every N representation steps, one exact step that takes the exact α and re-measures each task's backward gain (0 = only the first)."""
+    nash_log_exact: bool = False
+    """With --nash-gradients representation: also compute the exact α every step (one more backward below the layer) and log it as nash_alpha_exact."""
     disagreement_lambda: float = 1.0
     """Weight of the disagreement regulariser (--method disagreement)."""
     # --- LoRA and optimiser
@@ -160,6 +171,7 @@ class TrainConfig(ConfigMixin):
         for name in ("max_tokens", "batch_size", "grad_accum", "lora_r", "nash_update_every", "keep_checkpoints"):
             positive_int(getattr(self, name), f"--{name.replace('_', '-')}", getattr(type(self), name))
         nonneg_int(self.val_every, "--val-every", 10, "0 = only at the end")
+        nonneg_int(self.nash_calibrate_every, "--nash-calibrate-every", 10, "0 = only the first step")
         nonneg_int(self.checkpoint_every, "--checkpoint-every", 20, "0 = only on SIGINT/SIGTERM")
         check_seed(self.seed)
         for name in ("lambda_abt", "lambda_ldb", "disagreement_lambda"):
@@ -192,6 +204,7 @@ class TrainConfig(ConfigMixin):
             ("pair_weights", [p.value for p in PairWeighting]),
             ("bt_target", list(BT_TARGETS)),
             ("arbitration", list(ARBITRATIONS)),
+            ("nash_gradients", list(NASH_GRADIENTS)),
             ("schedule", [s.value for s in Schedule]),
             ("ema_mode", ["s", "nd-lora"]),
             ("mixed_precision", list(PRECISIONS)),
@@ -201,9 +214,14 @@ class TrainConfig(ConfigMixin):
         for name, valid in checks:
             if getattr(self, name) not in valid:
                 raise HeadgameError(f"--{name.replace('_', '-')} {getattr(self, name)} is not valid; choose one of {', '.join(valid)}")
+        if self.nash_gradients == "representation" and self.arbitration != "nash_mtl":
+            raise HeadgameError(f"--nash-gradients representation is a way to compute Nash-MTL weights; it needs --arbitration nash_mtl (got {self.arbitration})")
+        if self.nash_log_exact and self.nash_gradients != "representation":
+            raise HeadgameError("--nash-log-exact compares the representation α with the exact one; add --nash-gradients representation or drop it")
+        check_device(self.device)
         method.check(self)
 
-    NOT_IDENTITY = frozenset({"out", "checkpoint_every", "keep_checkpoints", "save_merged", "tensorboard", "extra", "val_every"})
+    NOT_IDENTITY = frozenset({"device", "compile", "nash_log_exact", "out", "checkpoint_every", "keep_checkpoints", "save_merged", "tensorboard", "extra", "val_every"})
 
 
 def default_design_layer(n_layers: int) -> int:

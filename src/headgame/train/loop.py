@@ -66,8 +66,13 @@ class Trainer:
         from headgame.models.layout import fit_seq_len
         from headgame.models.load import load_model
 
+        from headgame.config import resolve_device
+
         cfg = self.cfg
-        self.acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
+        device = resolve_device(cfg.device)  # a GPU asked for and absent fails here, in one line
+        if device.type == "cuda" and device.index is not None and "LOCAL_RANK" not in os.environ:
+            torch.cuda.set_device(device)  # one process on --device cuda:N (a launcher picks the GPU itself)
+        self.acc = Accelerator(cpu=device.type == "cpu", mixed_precision=cfg.mixed_precision)
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         # every input is checked (the model loaded, nothing written) before rank 0 claims --out
         if self.rank == 0:
@@ -92,6 +97,10 @@ class Trainer:
             self.folder.acquire()
         self.model.to(self.acc.device)
         self.groups = param_groups(self.model, layout)
+        if cfg.compile:  # in place, outside the attention the taps hook into (models/device.py)
+            from headgame.models.device import compile_outside_attention
+
+            compile_outside_attention(self.model, layout.blocks(self.model), layout.attn_path.split(".")[0])
 
         blocks = load_training_data(cfg.data, self.tokenizer, fmt=fmt, seq_len=cfg.seq_len, max_tokens=cfg.max_tokens,
                                     loss_on=cfg.loss_on, text_field=cfg.text_field, data_dir=cfg.data_dir)
