@@ -116,6 +116,10 @@ class HeadTap:
             apart). Switches to eager attention like ``argmax``.
         keep_graph: keep the graph-connected o_proj inputs in ``self.inputs[layer]`` (for
             ``torch.autograd.grad``); off by default so no graph outlives its step.
+        block_inputs: layers whose graph-connected block input (the residual stream entering
+            the layer, [B, T, d]) is kept in ``self.block_inputs[layer]``: every trainable
+            parameter below the layer reaches the loss only through it (the cut of the
+            representation-space Nash-MTL, train/repnash.py).
     """
 
     def __init__(
@@ -132,6 +136,7 @@ class HeadTap:
         on_grad: TokenCallback | None = None,
         on_attention: TokenCallback | None = None,
         keep_graph: bool = False,
+        block_inputs: Iterable[int] = (),
     ) -> None:
         self.model = model
         self.layout = layout
@@ -150,6 +155,8 @@ class HeadTap:
         self.on_grad = on_grad
         self.on_attention = on_attention
         self.keep_graph = keep_graph
+        self.block_input_layers = sorted({layout.check_layer(int(i)) for i in block_inputs})
+        self.block_inputs: dict[int, torch.Tensor] = {}
         self.mask: torch.Tensor | None = None  # [B, T]; 1 = real token
         # switch off to run a backward pass (e.g. of a regulariser) without recording gradients
         self.capture_grads = True
@@ -177,6 +184,9 @@ class HeadTap:
                 if wants_weights:
                     attn = self.layout.attention(self.model, layer)
                     self._handles.append(attn.register_forward_hook(self._make_attn_hook(layer)))
+            blocks = self.layout.blocks(self.model) if self.block_input_layers else []
+            for layer in self.block_input_layers:
+                self._handles.append(blocks[layer].register_forward_pre_hook(self._make_block_hook(layer), with_kwargs=True))
         except BaseException:
             self._remove()
             raise
@@ -200,6 +210,7 @@ class HeadTap:
         self.grads.clear()
         self.argmax.clear()
         self.inputs.clear()
+        self.block_inputs.clear()
 
     def set_mask(self, attention_mask: torch.Tensor | None) -> None:
         """Mark real tokens (1) and padding (0) of the next forward, shape [B, T]."""
@@ -248,6 +259,17 @@ class HeadTap:
             return None
 
         return pre_hook
+
+    def _make_block_hook(self, layer: int):
+        def block_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            x = args[0] if args else kwargs.get("hidden_states")
+            if not isinstance(x, torch.Tensor):
+                raise HeadgameError(f"layer {layer}'s block was called without its hidden states as the first argument; "
+                                    "this model's block signature is not supported by the block-input tap")
+            self.block_inputs[layer] = x  # graph-connected [B, T, d]
+            return None
+
+        return block_hook
 
     def _make_grad_hook(self, layer: int, bsz: int, seq: int):
         n_heads, head_dim = self.layout.n_heads, self.layout.head_dim

@@ -129,6 +129,7 @@ def trainer_state(trainer) -> dict[str, Any]:
         "config": trainer.cfg.run_identity(), "model_hash": trainer.base_hash, "total_steps": trainer.total_steps,
         "ema": trainer.objective.ema.state_dict(), "rho": {str(l): r.tolist() for l, r in trainer.rho.items()},
         "alpha": trainer.alpha, "alpha_tasks": trainer.alpha_tasks,
+        "nash_representation": dict(trainer.game.repnash.state) if trainer.game.repnash is not None else None,
     }
 
 
@@ -160,4 +161,6 @@ def restore_trainer(trainer, path: Path) -> Path:
     trainer.objective.ema.load_state_dict(state["ema"])
     trainer.rho = {int(l): torch.tensor(r, dtype=torch.float64) for l, r in state["rho"].items()}
     trainer.alpha, trainer.alpha_tasks = state.get("alpha"), state.get("alpha_tasks")
+    if trainer.game.repnash is not None and state.get("nash_representation"):
+        trainer.game.repnash.state = dict(state["nash_representation"])
     return found

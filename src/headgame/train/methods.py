@@ -82,7 +82,7 @@ class GameLora(Method):
     name = "game-lora"
     description = "L_CE + λ_LDB·L_LDB + λ_ABT·L̂_ABT, arbitrated by Nash-MTL (docs/formulas.md)"
     own_flags = {"no_ldb": False, "no_abt": False, "pair_weights": "adaptive", "bt_target": "identity",
-                 "arbitration": "nash_mtl", "abt_layers": None, "ldb_layers": None}
+                 "arbitration": "nash_mtl", "nash_gradients": "parameters", "nash_calibrate_every": 10, "nash_log_exact": False, "abt_layers": None, "ldb_layers": None}
     arbitrates = True
 
     def check(self, cfg):

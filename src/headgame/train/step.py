@@ -27,6 +27,7 @@ from headgame.train.config import TrainConfig, default_design_layer
 from headgame.train.lora import ParamGroups
 from headgame.train.methods import METHODS
 from headgame.train.objective import GameObjective
+from headgame.train.repnash import RepresentationNash, representation_cut
 
 
 def game_layers(cfg: TrainConfig, n_layers: int) -> tuple[list[int], list[int], list[int]]:
@@ -76,6 +77,12 @@ class GameStep:
         self.rho = {l: eye.clone() for l in self.tap_layers}  # no gradient seen yet: ρ = I
         self.alpha: list[float] | None = None
         self.alpha_tasks: list[str] | None = None
+        # --nash-gradients representation: the Gram at the Barlow-Twins layer's block input (train/repnash.py)
+        self.repnash: RepresentationNash | None = None
+        if cfg.nash_gradients == "representation" and self.method.arbitrates and abt_layers:
+            cut = representation_cut(abt_layers, self.tap_layers)
+            self.repnash = RepresentationNash(groups, cut, flat=self._flat, mean_across=self._mean_across,
+                                              sum_across=self._sum_across, world=world)
         self.lambdas: dict[str, float] = {}
         self.open = False  # between begin and finish
 
@@ -118,6 +125,10 @@ class GameStep:
                                           or self.alpha_tasks != self.objective.task_names(self.lambdas))
         # then CE goes first, alone, so ρ stays the CE gradient (docs/formulas.md, ρ)
         self._split_ce = self.method.ce_goes_alone(cfg, self.tap_layers, self.abt_layers, self.design)
+        # representation Nash-MTL when L_ABT is among the tasks (without it the exact Gram costs no extra backward)
+        self._rep = (self._recompute and self.repnash is not None and "abt" in self.objective.task_names(self.lambdas))
+        if self._rep:
+            self.repnash.begin(log_exact=cfg.nash_log_exact, calibrate_every=cfg.nash_calibrate_every)
         self._task_flat: dict[str, Tensor] = {}
         self._logs: list[dict[str, float]] = []
         self.open = True
@@ -132,7 +143,8 @@ class GameStep:
         """
         cfg, layout, grams = self.cfg, self.layout, self._grams
         model.train()
-        tap = HeadTap(model, layout, self.tap_layers, keep_graph=True, on_grad=lambda l, g: grams[l].update(g))
+        cut = [self.repnash.cut] if self._rep else []
+        tap = HeadTap(model, layout, self.tap_layers, keep_graph=True, on_grad=lambda l, g: grams[l].update(g), block_inputs=cut)
         with tap:
             tap.set_mask(attention_mask)
             tap.capture_grads = True
@@ -152,7 +164,11 @@ class GameStep:
             if any(not torch.isfinite(t.loss) for t in terms.tasks):
                 self.open = False
                 raise NonFiniteLoss(self.step, terms.log)
-            if self._recompute:  # Nash-MTL: one gradient per task, on the parameters it reaches
+            if self._rep:  # Nash-MTL on the representation: gradients above and at the cut (train/repnash.py)
+                self.repnash.micro_batch(terms.tasks, tap.block_inputs.get(cut[0]),
+                                         before_ce=lambda: setattr(tap, "capture_grads", True),
+                                         after_ce=lambda: setattr(tap, "capture_grads", False))
+            elif self._recompute:  # Nash-MTL: one gradient per task, on the parameters it reaches
                 task_flat = self._task_flat
                 for k, task in enumerate(terms.tasks):
                     idx = task.indices if task.indices is not None else list(range(len(self.groups.params)))
@@ -178,7 +194,16 @@ class GameStep:
         cfg, logs = self.cfg, self._logs
         self.open = False
         log: dict[str, Any] = {k: sum(d.get(k, 0.0) for d in logs) / len(logs) for k in logs[0]}
-        if self._recompute:
+        if self._rep:
+            names = self.objective.task_names(self.lambdas)
+            total, res, extra = self.repnash.finish(names)
+            self.alpha, self.alpha_tasks = [float(a) for a in res.alpha], names
+            self._write_grads(total)
+            log["nash_alpha"] = dict(zip(names, self.alpha))
+            log.update(extra)
+            if res.regularised:
+                log["nash_regularised"] = True
+        elif self._recompute:
             names = list(self._task_flat)
             grads = [self._mean_across(self._task_flat[n]) for n in names]
             total, res = nash_update(grads)  # one task (λ = 0): the plain CE gradient, α = 1
