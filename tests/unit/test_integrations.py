@@ -242,3 +242,36 @@ def test_import_is_light():
             "'headgame.game.coupling', 'headgame.models.layout', 'trl') if n in sys.modules]; "
             "print(heavy); assert not heavy")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+
+
+def test_game_lora_trainer_resumes_its_game_state(tmp_path):
+    """A Trainer checkpoint holds ρ, α, the EMA and the representation-Nash gains: resuming from it
+    gives the adapter of an uninterrupted run; resuming without them does not (the test can fail)."""
+    import shutil
+
+    gen = torch.Generator().manual_seed(2)
+    data = [{"input_ids": row} for row in torch.randint(0, 256, (24, 24), generator=gen)]
+    game = {"schedule": "constant", "nash_gradients": "representation", "nash_calibrate_every": 2}
+
+    def run(out, stop=None, resume=None):
+        model, _, _ = _lora_model()
+        args = _args(out, max_steps=6, learning_rate=5e-3, save_strategy="steps", save_steps=3, seed=0)
+        trainer = GameLoraTrainer(model=model, args=args, train_dataset=data, callbacks=[_Record(stop=stop)], game=game)
+        trainer.train(resume_from_checkpoint=resume)
+        return _lora_state(trainer.model), trainer
+
+    full, full_trainer = run(tmp_path / "full")
+    run(tmp_path / "cut", stop=3)
+    ckpt = tmp_path / "cut" / "checkpoint-3"
+    saved = json.loads((ckpt / "headgame_game_step.json").read_text())
+    assert saved["alpha_tasks"] == ["ce", "ldb", "abt"] and saved["nash_representation"]["gain"] > 0
+    bare = tmp_path / "bare" / "checkpoint-3"
+    shutil.copytree(ckpt, bare)
+    (bare / "headgame_game_step.json").unlink()
+    resumed, resumed_trainer = run(tmp_path / "cut", resume=str(ckpt))
+    for n in full:
+        torch.testing.assert_close(resumed[n], full[n], rtol=0, atol=1e-6, msg=n)
+    ours, theirs = resumed_trainer.game_step.repnash.state, full_trainer.game_step.repnash.state
+    assert ours["since"] == theirs["since"] and ours["gain"] == pytest.approx(theirs["gain"], rel=1e-5)
+    fresh, _ = run(tmp_path / "bare", resume=str(bare))
+    assert max(float((fresh[n] - full[n]).abs().max()) for n in full) > 1e-5

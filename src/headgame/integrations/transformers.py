@@ -33,7 +33,8 @@ __all__ = ["HeadCouplingCallback", "GameLoraMixin", "GameLoraTrainer", "GameLora
 OBJECTIVE_FIELDS = (
     "method", "design_layers", "abt_layers", "ldb_layers", "no_ldb", "no_abt", "pair_weights", "bt_target",
     "arbitration", "schedule", "lambda_abt", "lambda_ldb", "warmup_end", "cooldown_start", "w_alpha", "w_beta",
-    "w_tau", "ldb_eps", "ema_target", "ema_rate", "ema_mode", "rho_ema", "nash_update_every", "disagreement_lambda",
+    "w_tau", "ldb_eps", "ema_target", "ema_rate", "ema_mode", "rho_ema", "nash_update_every", "nash_gradients",
+    "nash_calibrate_every", "nash_log_exact", "disagreement_lambda",
 )
 
 
@@ -192,11 +193,14 @@ def _game_config(game) -> TrainConfig:
 def _flat_log(log: dict[str, Any]) -> dict[str, float]:
     out: dict[str, float] = {}
     for k, v in log.items():
-        if isinstance(v, dict):  # nash_alpha: {task: α}
-            out.update({f"{k}_{name}": float(a) for name, a in v.items()})
+        if isinstance(v, dict):  # nash_alpha: {task: α}; nash_grams (K×K matrices) are not scalars to log
+            out.update({f"{k}_{name}": float(a) for name, a in v.items() if isinstance(a, (int, float))})
         else:
             out[k] = float(v)
     return out
+
+
+GAME_STATE_FILE = "headgame_game_step.json"
 
 
 class GameLoraMixin:
@@ -209,7 +213,9 @@ class GameLoraMixin:
     (peft) model. Each micro-batch's tasks are divided by the accumulation steps; labels
     (unshifted, -100 = no loss) default to the input ids. The logged ``loss`` is L_CE; the game
     terms, α and Γ are logged beside it, averaged over the steps since the last log. One
-    process, fp32 or bf16; a resumed run starts ρ, α and the Barlow-Twins EMA afresh.
+    process, fp32 or bf16. Every Trainer checkpoint also holds ``headgame_game_step.json`` (ρ, α,
+    the Barlow-Twins EMA, the representation-Nash gains), and ``train(resume_from_checkpoint=...)``
+    restores it, so a resumed run takes the steps an uninterrupted one takes.
     """
 
     def __init__(self, *args, game: TrainConfig | dict | None = None, **kwargs) -> None:
@@ -235,7 +241,30 @@ class GameLoraMixin:
         if ldb and not groups.ldb_indices(ldb):
             raise HeadgameError(f"L_LDB acts through W_O, but layer(s) {ldb} have no trainable o_proj; "
                                 "add the output projection to the LoRA target modules or pass game={'no_ldb': True}")
-        return GameStep(cfg, layout, groups, design=design, abt_layers=abt, ldb_layers=ldb, world=1)
+        step = GameStep(cfg, layout, groups, design=design, abt_layers=abt, ldb_layers=ldb, world=1)
+        if getattr(self, "_resumed_game_state", None) is not None:
+            step.load_state_dict(self._resumed_game_state)
+            self._resumed_game_state = None
+        return step
+
+    def _save_checkpoint(self, model, trial, *args, **kwargs):
+        super()._save_checkpoint(model, trial, *args, **kwargs)
+        if self.game_step is not None and self.args.should_save:
+            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+            from headgame.io import write_json_atomic
+
+            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            write_json_atomic(folder / GAME_STATE_FILE, self.game_step.state_dict())
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        path = Path(resume_from_checkpoint) / GAME_STATE_FILE
+        if path.exists():  # a checkpoint written without GAME-LoRA state starts ρ, α and the EMA afresh
+            self._resumed_game_state = json.loads(path.read_text())
+            if self.game_step is not None:
+                self.game_step.load_state_dict(self._resumed_game_state)
+                self._resumed_game_state = None
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         from headgame.train.step import NonFiniteLoss

@@ -125,12 +125,8 @@ def restore(ckpt: Path, *, model, optimizer, scheduler, rank: int) -> None:
 # ---------------------------------------------------------------- the trainer's side
 def trainer_state(trainer) -> dict[str, Any]:
     """What a :class:`~headgame.train.loop.Trainer` keeps beside the optimizer (JSON-safe)."""
-    return {
-        "config": trainer.cfg.run_identity(), "model_hash": trainer.base_hash, "total_steps": trainer.total_steps,
-        "ema": trainer.objective.ema.state_dict(), "rho": {str(l): r.tolist() for l, r in trainer.rho.items()},
-        "alpha": trainer.alpha, "alpha_tasks": trainer.alpha_tasks,
-        "nash_representation": dict(trainer.game.repnash.state) if trainer.game.repnash is not None else None,
-    }
+    return {"config": trainer.cfg.run_identity(), "model_hash": trainer.base_hash, "total_steps": trainer.total_steps,
+            **trainer.game.state_dict()}
 
 
 def save_trainer(trainer) -> Path:
@@ -158,9 +154,5 @@ def restore_trainer(trainer, path: Path) -> Path:
                             f"{trainer.world}; resume with --nproc_per_node {state.get('world_size')} or start a new --out")
     restore(found, model=trainer.model, optimizer=trainer.optimizer, scheduler=trainer.scheduler, rank=trainer.rank)
     trainer.step = int(state["step"])
-    trainer.objective.ema.load_state_dict(state["ema"])
-    trainer.rho = {int(l): torch.tensor(r, dtype=torch.float64) for l, r in state["rho"].items()}
-    trainer.alpha, trainer.alpha_tasks = state.get("alpha"), state.get("alpha_tasks")
-    if trainer.game.repnash is not None and state.get("nash_representation"):
-        trainer.game.repnash.state = dict(state["nash_representation"])
+    trainer.game.load_state_dict(state)
     return found

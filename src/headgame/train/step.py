@@ -86,6 +86,21 @@ class GameStep:
         self.lambdas: dict[str, float] = {}
         self.open = False  # between begin and finish
 
+    # ================================================================ what carries over between steps
+    def state_dict(self) -> dict[str, Any]:
+        """ρ, α, the Barlow-Twins EMA and the representation-Nash gains (JSON-safe): what a resumed
+        run needs to take the same steps as an uninterrupted one."""
+        return {"ema": self.objective.ema.state_dict(), "rho": {str(l): r.tolist() for l, r in self.rho.items()},
+                "alpha": self.alpha, "alpha_tasks": self.alpha_tasks,
+                "nash_representation": dict(self.repnash.state) if self.repnash is not None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.objective.ema.load_state_dict(state["ema"])
+        self.rho = {int(l): torch.tensor(r, dtype=torch.float64) for l, r in state["rho"].items()}
+        self.alpha, self.alpha_tasks = state.get("alpha"), state.get("alpha_tasks")
+        if self.repnash is not None and state.get("nash_representation"):
+            self.repnash.state = dict(state["nash_representation"])
+
     # ================================================================ distributed helpers
     def _mean_across(self, flat: Tensor) -> Tensor:
         if self.world == 1:
