@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -115,3 +116,20 @@ def test_prune_errors(tmp_path, files, capsys, args, message):
     code, _ = run(tmp_path, files, *args)
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_prune_gtfep_authors_runs(tmp_path, files, capsys):
+    import math
+
+    code, out = run(tmp_path, files, "--criterion", "gtfep-authors", "--fraction", "0.25", "--per-layer")
+    assert code == 0, capsys.readouterr().err
+    res = json.loads((out / "pruning.json").read_text())
+    r = res["results"]["gtfep-authors"]
+    assert r["n_pruned"] == 2 and all(k == 1 for k in [4 - h for h in r["heads_per_layer"]])
+    rows = (out / "head_scores.csv").read_text().splitlines()
+    assert rows[0] == "layer,head,gtfep-authors"
+    scores = np.array([float(line.split(",")[2]) for line in rows[1:]])
+    # nats: 0 ≤ H(i) ≤ ln E and 0 ≤ MI ≤ H for E ≤ score_tokens sequences, so s_i ≤ ln E · (1 + (H − 1)/2)
+    n_heads = 4
+    assert len(scores) == 2 * n_heads and np.isfinite(scores).all() and (scores >= 0).all()
+    assert (scores <= math.log(res["data"]["score_tokens"]) * (1 + (n_heads - 1) / 2) + 1e-9).all()

@@ -15,6 +15,7 @@ others run the model.
 | attention-entropy | mean per-row attention entropy (bits) | lowest |
 | random | uniform draws (seeded) | lowest |
 | coupling | Σ_{j≠i} |G_ij| of analyze's G: the most coupled (redundant) heads | highest |
+| gtfep-authors | the GT-FEP authors' H(i) + ½ Σ_j MI(i, j), one observation per sequence (nats) | lowest |
 """
 
 from __future__ import annotations
@@ -144,6 +145,19 @@ def _attention_entropy(ctx: ScoreContext) -> np.ndarray:
                              on_step=ctx.step("attention-entropy"))
 
 
+def _gtfep_authors(ctx: ScoreContext) -> np.ndarray:
+    """The authors' score (info/authors.py): per-sequence argmax tuples of every head of the
+    scoring text, H(i) + ½ Σ_{j≠i} MI(i, j) within each layer, in nats."""
+    from headgame.info.authors import authors_scores, example_symbols
+    from headgame.measure.symbols import collect_symbols
+
+    seqs = ctx.need("gtfep-authors", ctx.score_seqs)
+    sym = collect_symbols(ctx.model, ctx.layout, seqs.input_ids, seqs.attention_mask, batch_size=ctx.batch_size,
+                          on_batch=ctx.step("gtfep-authors"))
+    seq = sym.seq.numpy()
+    return np.stack([authors_scores(example_symbols(sym.x[l].numpy(), seq))["score"] for l in range(ctx.layout.n_layers)])
+
+
 def _random(ctx: ScoreContext) -> np.ndarray:
     return np.random.default_rng(ctx.seed).random((ctx.layout.n_layers, ctx.layout.n_heads))
 
@@ -168,4 +182,6 @@ register(Criterion("ablation", "ΔNLL when the head alone is gated off", "perfor
 register(Criterion("michel", "Michel et al. gradient importance E|∂L/∂g| through head gates", "performance", "lowest", _michel, "normalised"))
 register(Criterion("attention-entropy", "mean per-row attention entropy", "attention", "lowest", _attention_entropy, "bits"))
 register(Criterion("random", "uniform random scores (seeded)", "baseline", "lowest", _random, ""))
+register(Criterion("gtfep-authors", "the GT-FEP authors' H(i) + ½ Σ_j MI(i,j), per-sequence symbols", "information", "lowest",
+                   _gtfep_authors, "nats"))
 register(Criterion("coupling", "row mass Σ|G_ij| of analyze's G: most coupled pruned first", "coupling", "highest", _coupling, ""))
