@@ -104,3 +104,16 @@ def test_forward_and_generation_throughput():
     assert fw["base"]["measured_speedup"] == 1.0 and len(fw["base"]["times_s"]) == 5
     gen = cost.generation_throughput({"base": model, "p": pruned}, tok, prompt_len=4, new_tokens=3, repeats=1, vocab_size=262)
     assert gen["p"]["new_tokens"] == 3 and gen["p"]["median_s"] > 0 and gen["p"]["measured_speedup"] > 0
+
+
+def test_per_layer_ceil_rounding_is_the_authors_budget():
+    from headgame.measure.select import budget, select_heads
+
+    # 20 % of 12 heads: 2.4 -> 2 (nearest) or 3 (ceil, the GT-FEP authors' code); 25 % of 12 = 3 either way
+    assert budget([12] * 3, 0.2, per_layer=True) == [2, 2, 2]
+    assert budget([12] * 3, 0.2, per_layer=True, rounding="ceil") == [3, 3, 3]
+    assert budget([12] * 3, 0.25, per_layer=True, rounding="ceil") == [3, 3, 3]
+    key = np.arange(24, dtype=float).reshape(2, 12)[:, ::-1]  # head 11 lowest in each layer
+    assert select_heads(key, 0.2, per_layer=True, rounding="ceil") == {0: [9, 10, 11], 1: [9, 10, 11]}
+    with pytest.raises(HeadgameError, match="choose one of nearest, ceil"):
+        budget([12], 0.2, per_layer=True, rounding="floor")

@@ -1,7 +1,8 @@
 """Which heads to prune: rank by a criterion, global or per layer, keep at least one per layer.
 
 The budget is ⌊fraction · H_total⌉ (round half up: 29 of 144 at 20 %),
-ranked globally across layers by default; ``per_layer`` prunes ⌊fraction · H_ℓ⌉ in each layer.
+ranked globally across layers by default; ``per_layer`` prunes ⌊fraction · H_ℓ⌉ in each layer
+(``rounding="ceil"``: ⌈fraction · H_ℓ⌉, as the GT-FEP authors' code does: 3 of 12 heads at 20 %).
 Ties break by (layer, head) order so that a ranking is reproducible.
 """
 
@@ -24,11 +25,17 @@ def check_fraction(fraction: float) -> float:
     return float(fraction)
 
 
-def budget(n_heads_per_layer: list[int], fraction: float, *, per_layer: bool) -> list[int] | int:
-    """Heads to prune: one number (global) or one per layer; raises when a layer would be emptied."""
+ROUNDINGS = ("nearest", "ceil")
+
+
+def budget(n_heads_per_layer: list[int], fraction: float, *, per_layer: bool, rounding: str = "nearest") -> list[int] | int:
+    """Heads to prune: one number (global) or one per layer; raises when a layer would be emptied.
+    ``rounding`` of the per-layer counts: nearest (half up) or ceil."""
     check_fraction(fraction)
+    if rounding not in ROUNDINGS:
+        raise HeadgameError(f"--per-layer-rounding {rounding} is not valid; choose one of {', '.join(ROUNDINGS)}")
     if per_layer:
-        counts = [round_half_up(fraction * h) for h in n_heads_per_layer]
+        counts = [math.ceil(fraction * h - 1e-12) if rounding == "ceil" else round_half_up(fraction * h) for h in n_heads_per_layer]
         for layer, (k, h) in enumerate(zip(counts, n_heads_per_layer)):
             if k >= h:
                 raise HeadgameError(
@@ -53,13 +60,13 @@ def budget(n_heads_per_layer: list[int], fraction: float, *, per_layer: bool) ->
     return k
 
 
-def select_heads(key: np.ndarray, fraction: float, *, per_layer: bool = False) -> dict[int, list[int]]:
+def select_heads(key: np.ndarray, fraction: float, *, per_layer: bool = False, rounding: str = "nearest") -> dict[int, list[int]]:
     """Heads to prune from an ascending pruning key [L, H] (smallest first): ``{layer: [heads]}``."""
     key = np.asarray(key, dtype=float)
     n_layers, n_heads = key.shape
     if not np.isfinite(key).all():
         raise HeadgameError("head scores contain NaN or infinity; rerun the scoring with more data or another criterion")
-    counts = budget([n_heads] * n_layers, fraction, per_layer=per_layer)
+    counts = budget([n_heads] * n_layers, fraction, per_layer=per_layer, rounding=rounding)
     chosen: dict[int, list[int]] = {}
     if per_layer:
         for l, k in enumerate(counts):

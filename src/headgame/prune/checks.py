@@ -33,5 +33,5 @@ def prepare(cfg: PruneConfig) -> Any:
         from headgame.prune.coupling import check_analysis_model
 
         check_analysis_model(read_analysis(cfg.analysis), cfg.analysis, cfg.model, loaded.info.get("hash"))
-    budget([layout.n_heads] * layout.n_layers, cfg.fraction, per_layer=cfg.per_layer)
+    budget([layout.n_heads] * layout.n_layers, cfg.fraction, per_layer=cfg.per_layer, rounding=cfg.per_layer_rounding)
     return loaded

@@ -24,6 +24,8 @@ class PruneConfig(ConfigMixin):
     """Share of heads to prune, in (0, 1): ⌊fraction · H_total⌉ heads."""
     per_layer: bool = False
     """Prune ⌊fraction · H_ℓ⌉ heads in every layer instead of ranking globally."""
+    per_layer_rounding: str = "nearest"
+    """With --per-layer: nearest (half up) or ceil (⌈fraction · H_ℓ⌉, as the GT-FEP authors' code: 3 of 12 at 20 %)."""
     compare_criteria: bool = False
     """Also prune by every criterion in ``criteria`` at the same budget and compare."""
     criteria: str = DEFAULT_COMPARE
@@ -103,7 +105,7 @@ class PruneConfig(ConfigMixin):
 
     def __post_init__(self) -> None:
         from headgame.prune.criteria import get_criterion, parse_criteria
-        from headgame.measure.select import check_fraction
+        from headgame.measure.select import ROUNDINGS, check_fraction
 
         check_field_types(self)
         for name, example in (("model", "smollm2-135m"), ("score_data", "auto"), ("text_field", "text"), ("out", "prune-out")):
@@ -113,6 +115,8 @@ class PruneConfig(ConfigMixin):
             nonempty(getattr(self, name), f"--{name.replace('_', '-')}", "PATH", optional=True)
         check_seed(self.seed)
         check_fraction(self.fraction)
+        if self.per_layer_rounding not in ROUNDINGS:
+            raise HeadgameError(f"--per-layer-rounding {self.per_layer_rounding} is not valid; choose one of {', '.join(ROUNDINGS)}")
         get_criterion(self.criterion)
         parse_criteria(self.criteria)  # a typo is reported even without --compare-criteria
         positive_int(self.random_seeds, "--random-seeds", 5)

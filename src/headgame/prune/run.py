@@ -200,7 +200,8 @@ def _prune(cfg: PruneConfig, loaded: Any, t_start: float, *, resume: bool = Fals
                     state.scores[key] = crit.compute(ctx)
                     state.save(ctx.cache, notes)
                 scores = state.scores[key]
-                removed = select_heads(crit.pruning_key(scores), cfg.fraction, per_layer=cfg.per_layer)
+                removed = select_heads(crit.pruning_key(scores), cfg.fraction, per_layer=cfg.per_layer,
+                                       rounding=cfg.per_layer_rounding)
                 variants.append(Variant(key, crit, s, scores, removed))
             ctx.seed = cfg.seed
         scoring[0] = ""
@@ -343,7 +344,7 @@ def _prune(cfg: PruneConfig, loaded: Any, t_start: float, *, resume: bool = Fals
         **provenance(cfg),
         "model": {"spec": cfg.model, **layout.describe(), "hash": loaded.info.get("hash"), "n_heads_total": n_total},
         "device": device_info(cfg.dtype, loaded.info.get("device", "cpu")),
-        "budget": {"fraction": cfg.fraction, "per_layer": cfg.per_layer,
+        "budget": {"fraction": cfg.fraction, "per_layer": cfg.per_layer, "per_layer_rounding": cfg.per_layer_rounding,
                    "n_pruned": sum(len(h) for h in variants[0].removed.values())},
         "data": {"score_source": source, "score_tokens": None if score_seqs is None else score_seqs.n_tokens,
                  "loss_tokens": None if loss_seqs is None else loss_seqs.n_tokens,
