@@ -26,15 +26,16 @@ from headgame.info.entropy import (
     members,
     subset_entropy_table,
 )
+from headgame.info.estimators import resolve_estimator
 from headgame.info.gibbs import PartitionChain, inclusion_probabilities, mcmc_partitions, subset_gibbs
-from headgame.info.scores import fep_exact, fep_order3, shapley_order3
+from headgame.info.scores import fep_exact, fep_order3, shapley_exact, shapley_order3
 
 FULL_MAX_HEADS = 12
 
 
 @dataclass
 class InfoOptions:
-    miller_madow: bool = False
+    miller_madow: bool = False  # older spelling of estimator="miller-madow"
     bootstrap: int = 200  # resamples over sequences; 0 = none
     seed: int = 0
     full_max_heads: int = FULL_MAX_HEADS  # all 2^H dividends up to this many heads
@@ -43,6 +44,17 @@ class InfoOptions:
     mcmc_burn_in: int = 2_000
     ci_level: float = 0.95
     ci_method: str = "basic"  # or "percentile" (the textbook interval; biased for plug-in entropies)
+    # one of headgame.info.estimators.ESTIMATORS, for every entropy (bootstrap resamples included);
+    # last, so that positional construction from before it existed still lines up
+    estimator: str = "plugin"
+
+    def __post_init__(self) -> None:
+        self.entropy_estimator()  # fail at construction, not layers into a run
+
+    def entropy_estimator(self) -> str:
+        """The estimator in force: ``estimator``, or Miller–Madow when only ``miller_madow`` asks for it."""
+        # "plugin" is the default, so with miller_madow=True it means the estimator was not chosen
+        return resolve_estimator(None if self.estimator == "plugin" else self.estimator, self.miller_madow)
 
 
 @dataclass
@@ -100,22 +112,23 @@ def analyse_layer(layer: int, x: torch.Tensor, seq: torch.Tensor, alphabet_size:
     opts = opts or InfoOptions()
     n, n_heads = x.shape
     log2_k = math.log2(alphabet_size)
+    est = opts.entropy_estimator()
     boot = Bootstrap(seq, opts.bootstrap, seed=opts.seed + layer) if opts.bootstrap > 0 else None
-    ent = low_order_entropies(x, miller_madow=opts.miller_madow, boot=boot)
+    ent = low_order_entropies(x, estimator=est, boot=boot)
     d2 = dv.pair_dividends(ent.h1, ent.h2)  # §3.4: MI
     d3 = dv.triple_dividends(ent.h1, ent.h2, ent.h3)  # §3.4: interaction information
     full_mask = (1 << n_heads) - 1
     table = divs = None
     if n_heads <= opts.full_max_heads:
-        table = subset_entropy_table(x, miller_madow=opts.miller_madow)
+        table = subset_entropy_table(x, estimator=est)
         divs = dv.dividends_table(table, log2_k)
         h_full = float(table[full_mask])
         h_minus = torch.stack([table[full_mask ^ (1 << i)] for i in range(n_heads)])
     else:
-        h_full = float(entropy_from_counts(dense_codes(x)[1], miller_madow=opts.miller_madow))
+        h_full = float(entropy_from_counts(dense_codes(x)[1], estimator=est))
         keep = [[j for j in range(n_heads) if j != i] for i in range(n_heads)]
         h_minus = torch.tensor(
-            [float(entropy_from_counts(dense_codes(x[:, k])[1], miller_madow=opts.miller_madow)) for k in keep],
+            [float(entropy_from_counts(dense_codes(x[:, k])[1], estimator=est)) for k in keep],
             dtype=torch.float64,
         )
     scores = {
@@ -128,6 +141,7 @@ def analyse_layer(layer: int, x: torch.Tensor, seq: torch.Tensor, alphabet_size:
     if table is not None:
         f_table = dv.free_energy_table(table, log2_k)
         scores["gibbs"] = inclusion_probabilities(subset_gibbs(f_table, opts.beta)).numpy()
+        scores["shapley-exact"] = shapley_exact(table).numpy()
         if opts.mcmc_steps > 0 and n_heads > 1:
             chain = mcmc_partitions(f_table, beta=opts.beta, steps=opts.mcmc_steps, burn_in=opts.mcmc_burn_in, seed=opts.seed + layer)
     summary = dv.summarise_triples(dv.triple_values(d3))

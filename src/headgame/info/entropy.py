@@ -1,4 +1,4 @@
-"""Plug-in Shannon entropies (bits) of discretised head outputs and their joint symbols.
+"""Shannon entropies (bits) of discretised head outputs and their joint symbols.
 
 Pure functions on integer tensors; no model, no I/O (docs/formulas.md, entropies).
 
@@ -7,10 +7,12 @@ Pure functions on integer tensors; no model, no I/O (docs/formulas.md, entropies
   order, so symbols of any sign and size work), then columns are joined one at a time as
   ``code·m + x`` followed by ``np.unique(return_inverse=True)``. Both factors are below n, so
   the mixing is exact in int64 (no hash, no collision) and codes stay below n.
-* ``entropy_from_counts`` is the plug-in estimate, with the optional Miller–Madow correction
-  Ĥ + (m − 1)/(2 n ln 2), m = observed symbols.
+* ``entropy_from_counts`` is the plug-in estimate by default; ``estimator`` picks Miller–Madow
+  Ĥ + (m − 1)/(2 n ln 2), m = observed symbols, or Chao–Shen (:mod:`~headgame.info.estimators`).
+  ``miller_madow=True`` is the older spelling of ``estimator="miller-madow"``.
 * Bootstrap over sequences (not positions): each resample gives every sequence a multiplicity,
   and the symbol counts of all resamples come from one sparse product (:class:`Bootstrap`).
+  Every estimator works per resample; Chao–Shen's goes through dense counts (slower).
 * ``subset_entropy_table`` returns H(X_S) for all 2^H subsets, indexed by bitmask (bit i =
   head i), visiting the subsets depth-first so that memory stays at H codes of length n.
 """
@@ -24,24 +26,23 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from headgame.info import estimators as _estimators
+from headgame.info.estimators import estimate, resolve_estimator
+
 LN2 = math.log(2.0)
+ESTIMATORS: tuple[str, ...] = _estimators.ESTIMATORS  # the names ``estimator=`` accepts here
 
 
-def entropy_from_counts(counts: torch.Tensor | np.ndarray, *, miller_madow: bool = False) -> torch.Tensor:
-    """Entropy in bits of the distribution given by non-negative ``counts`` [..., m] (last axis).
+def entropy_from_counts(
+    counts: torch.Tensor | np.ndarray, *, miller_madow: bool = False, estimator: str | None = None
+) -> torch.Tensor:
+    """Entropy in bits [...] (float64) of the distribution given by non-negative ``counts`` [..., m].
 
-    Computed as log2 n − Σ c·log2 c / n in numpy (torch's CPU log2 is ~400× slower here).
+    ``estimator`` is one of :data:`ESTIMATORS` (default ``plugin``); ``miller_madow=True`` means
+    ``estimator="miller-madow"`` and contradicting it raises ValueError. n = 0 gives 0.
     """
-    c = np.asarray(counts, dtype=np.float64)
-    n = c.sum(-1)
-    pos = c > 0
-    clogc = np.where(pos, c * np.log2(np.where(pos, c, 1.0)), 0.0).sum(-1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        h = np.where(n > 0, np.log2(np.where(n > 0, n, 1.0)) - clogc / np.where(n > 0, n, 1.0), 0.0)
-    if miller_madow:
-        m = pos.sum(-1)
-        h = h + (m - 1.0) / (2.0 * np.maximum(n, 1.0) * LN2)
-    return torch.from_numpy(np.asarray(h, dtype=np.float64))
+    est = resolve_estimator(estimator, miller_madow)
+    return torch.from_numpy(estimate(counts, est))
 
 
 def _np(x: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -93,20 +94,22 @@ def entropy_of_codes(
     boot: "Bootstrap | None" = None,
     *,
     miller_madow: bool = False,
+    estimator: str | None = None,
 ) -> tuple[float, torch.Tensor | None]:
     """Entropy (bits) of dense codes: the point estimate and, with ``boot``, one per resample [R]."""
-    h = float(entropy_from_counts(counts, miller_madow=miller_madow))
+    est = resolve_estimator(estimator, miller_madow)
+    h = float(entropy_from_counts(counts, estimator=est))
     if boot is None:
         return h, None
-    return h, boot.entropies(code, int(counts.shape[0]), miller_madow=miller_madow)
+    return h, boot.entropies(code, int(counts.shape[0]), estimator=est)
 
 
-def entropy(x: torch.Tensor, *, miller_madow: bool = False) -> float:
-    """Plug-in entropy in bits of the joint symbols of the rows of ``x`` [n, k] (or [n])."""
+def entropy(x: torch.Tensor, *, miller_madow: bool = False, estimator: str | None = None) -> float:
+    """Entropy in bits (plug-in unless ``estimator``) of the joint symbols of the rows of ``x`` [n, k] (or [n])."""
     if x.shape[0] == 0:
         raise ValueError("entropy of zero observations is undefined; pass at least one observation")
     _, counts = dense_codes(x)
-    return float(entropy_from_counts(counts, miller_madow=miller_madow))
+    return float(entropy_from_counts(counts, miller_madow=miller_madow, estimator=estimator))
 
 
 def mutual_information(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -164,14 +167,22 @@ class Bootstrap:
         """Symbol counts of every resample, [R, m]."""
         return np.asarray(self._matrix(code, m) @ self.mult.T).T  # [m, S] @ [S, R] -> [m, R] -> [R, m]
 
-    def entropies(self, code: torch.Tensor | np.ndarray, m: int, *, miller_madow: bool = False) -> torch.Tensor:
-        """Entropy of the symbols in every resample, [R], as log2 n − Σ c·log2 c / n.
+    def entropies(
+        self, code: torch.Tensor | np.ndarray, m: int, *, miller_madow: bool = False, estimator: str | None = None
+    ) -> torch.Tensor:
+        """Entropy of the symbols in every resample, [R]; plug-in as log2 n − Σ c·log2 c / n.
 
         A symbol seen in one sequence only (most joint symbols of high order) has count w·c in a
         resample giving that sequence multiplicity w, so its c·log2 c term is
         w·(c log2 c) + (w log2 w)·c: summed per sequence, those symbols cost O(R·S) in all.
         Symbols spread over several sequences get their resample counts from the sparse product.
+        Chao–Shen's coverage ties every symbol of a resample to its singleton count, which that
+        per-sequence sum cannot carry, so it estimates from dense counts, a block of resamples at a time.
         """
+        est = resolve_estimator(estimator, miller_madow)
+        if est == "chao-shen":
+            return self._dense_entropies(code, m, est)
+        miller_madow = est == "miller-madow"
         c = self._matrix(code, m)
         per_row = np.diff(c.indptr)
         single = per_row == 1
@@ -199,6 +210,15 @@ class Bootstrap:
         if miller_madow:
             h = h + (distinct - 1.0) / (2.0 * nn * LN2)
         return torch.from_numpy(h)
+
+    def _dense_entropies(self, code: torch.Tensor | np.ndarray, m: int, est: str, block_elems: int = 1 << 22) -> torch.Tensor:
+        c = self._matrix(code, m)
+        out = np.empty(self.n_resamples, dtype=np.float64)
+        step = max(1, block_elems // max(m, 1))  # bounds the dense [r, m] block to ~32 MB
+        for r0 in range(0, self.n_resamples, step):
+            block = np.asarray(c @ self.mult[r0 : r0 + step].T).T  # [r, m]
+            out[r0 : r0 + step] = estimate(np.rint(block), est)
+        return torch.from_numpy(out)
 
 
 def bootstrap_weights(seq: torch.Tensor, n_resamples: int, *, seed: int = 0) -> torch.Tensor:
@@ -265,7 +285,7 @@ def _dfs_masks(n_heads: int) -> Iterator[tuple[int, int, int]]:
             stack.append((mask | 1 << j, mask, j))
 
 
-def subset_entropy_table(x: torch.Tensor, *, miller_madow: bool = False) -> torch.Tensor:
+def subset_entropy_table(x: torch.Tensor, *, miller_madow: bool = False, estimator: str | None = None) -> torch.Tensor:
     """H(X_S) in bits for every subset S of the columns of ``x`` [n, H], indexed by bitmask.
 
     Entry 0 (the empty set) is 0. Cost: 2^H − 1 ``np.unique`` calls on n codes; memory: at
@@ -274,12 +294,13 @@ def subset_entropy_table(x: torch.Tensor, *, miller_madow: bool = False) -> torc
     n, n_heads = x.shape
     if n == 0:
         raise ValueError("no observations; pass at least one")
+    est = resolve_estimator(estimator, miller_madow)
     table = torch.zeros(1 << n_heads, dtype=torch.float64)
     cols = [dense_column(x[:, h]) for h in range(n_heads)]  # densified once, joined 2^H − 1 times
     codes: dict[int, torch.Tensor] = {0: torch.zeros(n, dtype=torch.int64)}
     for mask, parent, head in _dfs_masks(n_heads):
         code, counts = combine(codes[parent], *cols[head])
-        table[mask] = entropy_from_counts(counts, miller_madow=miller_madow)
+        table[mask] = entropy_from_counts(counts, estimator=est)
         codes[mask] = code
         # a finished branch's codes are never needed again: keep only the current path
         for stale in [m for m in codes if m and m != mask and (mask & m) != m]:
@@ -317,12 +338,15 @@ def low_order_entropies(
     miller_madow: bool = False,
     boot: Bootstrap | None = None,
     max_order: int = 3,
+    estimator: str | None = None,
 ) -> LowOrderEntropies:
     """Entropies of all singletons, pairs and (``max_order`` = 3) triples of the columns of ``x`` [n, H].
 
-    With ``boot`` (a :class:`Bootstrap`) also the same entropies in every bootstrap resample. Pair codes are reused for the triples, one pair at a time.
+    With ``boot`` (a :class:`Bootstrap`) also the same entropies in every bootstrap resample, by
+    the same ``estimator``. Pair codes are reused for the triples, one pair at a time.
     """
     n, n_heads = x.shape
+    est = resolve_estimator(estimator, miller_madow)
     r = None if boot is None else boot.n_resamples
     h1 = torch.zeros(n_heads, dtype=torch.float64)
     h2 = torch.zeros(n_heads, n_heads, dtype=torch.float64)
@@ -337,7 +361,7 @@ def low_order_entropies(
     for i in range(n_heads):
         code, counts = dense_codes(x[:, i])
         single.append(code)
-        h, hb = entropy_of_codes(code, counts, boot, miller_madow=miller_madow)
+        h, hb = entropy_of_codes(code, counts, boot, estimator=est)
         h1[i] = h2[i, i] = h
         if hb is not None:
             b1[:, i] = hb
@@ -346,7 +370,7 @@ def low_order_entropies(
         for i in range(n_heads):
             for j in range(i + 1, n_heads):
                 code_ij, counts = combine(single[i], *cols[j])
-                h, hb = entropy_of_codes(code_ij, counts, boot, miller_madow=miller_madow)
+                h, hb = entropy_of_codes(code_ij, counts, boot, estimator=est)
                 h2[i, j] = h2[j, i] = h
                 if hb is not None:
                     b2[:, i, j] = b2[:, j, i] = hb
@@ -354,7 +378,7 @@ def low_order_entropies(
                     continue
                 for k in range(j + 1, n_heads):
                     code_ijk, counts = combine(code_ij, *cols[k])
-                    h, hb = entropy_of_codes(code_ijk, counts, boot, miller_madow=miller_madow)
+                    h, hb = entropy_of_codes(code_ijk, counts, boot, estimator=est)
                     _sym_set(h3, (i, j, k), h)
                     if hb is not None:
                         _sym_set(b3, (i, j, k), hb)

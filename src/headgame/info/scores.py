@@ -6,6 +6,7 @@ All scores are per head of one layer, in bits, and large = important (prune the 
   truncation of H(X_i | X_{N∖i}) (the primary score);
 * ``fep-exact``: H(X_N) − H(X_{N∖i}) (saturates; reported, not the default ranking);
 * ``shapley``: H_i − ½ Σ_j D({i,j}) − ⅓ Σ_{j<k} D({i,j,k});
+* ``shapley-exact``: the Shapley value of v(S) = H(X_S) from the full 2^H table (all orders);
 * ``gibbs``: the inclusion probability π_i under P_β(S) ∝ exp(−β F(S)).
 """
 
@@ -28,6 +29,31 @@ def fep_order3(h1: torch.Tensor, d2: torch.Tensor, d3: torch.Tensor) -> torch.Te
 def shapley_order3(h1: torch.Tensor, d2: torch.Tensor, d3: torch.Tensor) -> torch.Tensor:
     """φ_i = Σ_{S∋i} D_H(S)/|S| truncated at order 3."""
     return h1 - d2.sum(-1) / 2.0 - d3.sum((-1, -2)) / 2.0 / 3.0
+
+
+def shapley_exact(table: torch.Tensor) -> torch.Tensor:
+    """φ_i = Σ_{S⊆N∖i} |S|!(n−|S|−1)!/n! · (v(S∪i) − v(S)) [H] from ``table`` [2^H] (bit i = head i).
+
+    One vector pass over the 2^(H−1) masks without bit i per head: O(H·2^H).
+    """
+    v = torch.as_tensor(table, dtype=torch.float64).reshape(-1)
+    size = int(v.shape[0])
+    n = size.bit_length() - 1
+    if size < 1 or size != 1 << n:
+        raise ValueError(f"a subset table has 2^H entries; got {size}")
+    if n == 0:
+        return torch.zeros(0, dtype=torch.float64)
+    masks = torch.arange(size, dtype=torch.int64)
+    pop = torch.zeros(size, dtype=torch.int64)
+    for i in range(n):
+        pop += (masks >> i) & 1
+    # |S|!(n−|S|−1)!/n! = 1 / (n·C(n−1, |S|)); the binomial form stays exact in float64
+    weight = torch.tensor([1.0 / (n * math.comb(n - 1, k)) for k in range(n)], dtype=torch.float64)
+    phi = torch.empty(n, dtype=torch.float64)
+    for i in range(n):
+        out = masks[((masks >> i) & 1) == 0]
+        phi[i] = (weight[pop[out]] * (v[out | (1 << i)] - v[out])).sum()
+    return phi
 
 
 def fep_exact(h_full: float, h_minus: torch.Tensor) -> torch.Tensor:
