@@ -56,8 +56,13 @@ def test_gqa_kv_heads_go_only_with_their_whole_group():
     attn0 = layout.attention(pruned, 0)
     assert attn0.k_proj.weight.shape == (16, 64) and attn0.num_key_value_groups == 2
     attn1 = layout.attention(pruned, 1)  # groups keep 2 and 1 heads: uneven
-    assert isinstance(attn1.k_proj, HeadGatherLinear) and attn1.k_proj.head_index.tolist() == [0, 0, 1]
-    assert attn1.k_proj.weight.shape == (32, 64)  # both KV heads still projected once each
+    # both KV heads projected once each and cached once each; query heads 0, 1 read KV head 0, head 2 reads 1
+    assert type(attn1.k_proj) is torch.nn.Linear and attn1.k_proj.weight.shape == (32, 64)
+    assert attn1.headgame_kv_index.tolist() == [0, 0, 1] and attn1.num_key_value_groups == 1
+    assert pruned.config._attn_implementation == "headgame_sdpa"
+    with torch.no_grad():
+        cache = pruned(input_ids=torch.tensor([[5, 6, 7]]), use_cache=True).past_key_values
+    assert [tuple(layer.keys.shape) for layer in cache.layers] == [(1, 1, 3, 16), (1, 2, 3, 16)]
 
 
 def test_pruned_copy_shares_non_attention_weights():

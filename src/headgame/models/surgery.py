@@ -186,6 +186,9 @@ def _apply(model: nn.Module, layout: HeadLayout, rec: PruningRecord) -> None:
     for layer in sorted(rec.removed):
         fam.prune_block(blocks[layer], rec.cut(layer))
     model._headgame_pruning = rec
+    from headgame.models.families.kvgather import route
+
+    route(model)  # layers with gathered KV heads run under headgame's attention kernels
     if rec.plain_loadable and rec.n_removed:
         # Every layer has the same shape: the config can say so, and HeadLayout/HeadTap and
         # plain transformers then see an ordinary (smaller) model.

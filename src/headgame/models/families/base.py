@@ -121,6 +121,10 @@ class Family:
 
     def set_attn_implementation(self, model: "nn.Module", impl: str) -> None:
         """Switch a loaded model's attention kernel (eager gives attention maps and countable FLOPs)."""
+        from headgame.models.families.kvgather import set_implementation
+
+        if set_implementation(model, impl):  # a pruned model with gathered KV heads keeps its gather
+            return
         if hasattr(model, "set_attn_implementation"):
             model.set_attn_implementation(impl)
         else:  # pragma: no cover - very old transformers

@@ -7,9 +7,9 @@ Head surgery (docs/formulas.md#surgery): the pruned query heads' rows of ``q_pro
 ``o_proj`` go; a KV head (its ``k_proj``/``v_proj`` rows) goes only when its whole query group
 is gone. When the kept query heads are spread evenly over the kept KV heads, the layer stays a
 plain GQA layer (``num_key_value_groups`` = heads kept per group). When they are not (e.g.
-3/2/2), ``k_proj``/``v_proj`` become :class:`HeadGatherLinear`: the projection still runs once
-per kept KV head and each query head then receives its KV head's slice (a gather, no FLOPs),
-with ``num_key_value_groups = 1``. Layers may keep different numbers of heads.
+3/2/2), ``k_proj``/``v_proj`` and the KV cache still hold only the kept KV heads, and each query
+head receives its KV head inside attention, after the cache (families/kvgather.py: a gather,
+no FLOPs), with ``num_key_value_groups = 1``. Layers may keep different numbers of heads.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ if TYPE_CHECKING:
 
 class LlamaFamily(Family):
     def prune_block(self, block: "nn.Module", cut: LayerCut) -> None:
-        from headgame.models.families.slicing import HeadGatherLinear, block_rows, slice_linear
+        import torch
+
+        from headgame.models.families.slicing import block_rows, slice_linear
 
         attn = get_path(block, self.attn_path)
         dh = cut.head_dim
@@ -38,10 +40,8 @@ class LlamaFamily(Family):
             # kept query heads are sorted by group, so new head j belongs to kept KV head j // c
             attn.num_key_value_groups = counts[0]
         else:
-            index = cut.kv_index()
-            for name in ("k_proj", "v_proj"):
-                old = getattr(attn, name)
-                setattr(attn, name, HeadGatherLinear(old.weight, old.bias, dh, index))
+            index = torch.tensor(cut.kv_index(), dtype=torch.long, device=attn.q_proj.weight.device)
+            attn.register_buffer("headgame_kv_index", index, persistent=False)  # used by families/kvgather.py
             attn.num_key_value_groups = 1
 
     def head_counts(self, block: "nn.Module", head_dim: int) -> tuple[int, int]:
