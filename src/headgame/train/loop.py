@@ -89,6 +89,7 @@ class Trainer:
         seq_len, fitted = fit_seq_len(cfg.seq_len, DEFAULT_SEQ_LEN, layout.max_positions)
         self.cfg = cfg = with_values(cfg, seq_len=seq_len)
         self.design, self.abt_layers, self.ldb_layers = game_layers(cfg, layout.n_layers)
+        self._skip_short_layers(base, layout)
         self.model = add_lora(base, layout, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, seed=cfg.seed)  # checks --lora-r against the model
         if self.rank == 0:  # only rank 0 holds --out; it is held until fit ends
             if fitted:
@@ -130,6 +131,29 @@ class Trainer:
         if self.resume_from:
             self._restore(Path(self.resume_from))
         return self
+
+    def _skip_short_layers(self, model, layout) -> None:
+        """An unevenly pruned model (headgame prune) keeps fewer query heads in some layers than
+        its config (the layout) names; the head taps cannot read those. CE only logs Γ there, so
+        those layers are left out of Γ; a method whose tasks read the heads is refused."""
+        from headgame.models.surgery import head_counts, is_pruned
+        from headgame.train.methods import METHODS
+
+        if not is_pruned(model):
+            return
+        counts = head_counts(model, layout)
+        short = sorted({l for l in (*self.design, *self.abt_layers, *self.ldb_layers) if counts[l][0] != layout.n_heads})
+        if not short:
+            return
+        if METHODS.get(self.cfg.method).reads_heads or self.abt_layers or self.ldb_layers:
+            full = [l for l, (nq, _) in enumerate(counts) if nq == layout.n_heads]
+            hint = f" or pass --design-layers among the layers that kept every head ({','.join(map(str, full))})" if full else ""
+            raise HeadgameError(f"layer(s) {','.join(map(str, short))} of {self.cfg.model} are pruned to fewer than its {layout.n_heads} "
+                                f"query heads per layer, which --method {self.cfg.method} cannot read yet (per-layer head counts); "
+                                f"use --method ce{hint}")
+        self.design = [l for l in self.design if l not in short]
+        if self.rank == 0:
+            note(f"layer(s) {','.join(map(str, short))} are pruned to fewer heads: Γ is not logged there")
 
     # ================================================================ state carried between steps
     # ρ, α and the objective (with its Barlow-Twins EMA) live in the GameStep (train/step.py);

@@ -26,12 +26,36 @@ def add_lora(model: nn.Module, layout: HeadLayout, *, r: int, alpha: float, drop
         )
     targets = fam.lora_targets if isinstance(fam.lora_targets, str) else list(fam.lora_targets)
     check_rank(r, max_rank(model, targets))
+    targets = _without_gathers(model, targets)
     torch.manual_seed(seed)  # LoRA A is initialised randomly; make it reproducible
     config = LoraConfig(
         r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none", task_type="CAUSAL_LM",
         target_modules=targets, fan_in_fan_out=fam.lora_fan_in_fan_out,
     )
     return get_peft_model(model, config)
+
+
+def _adapted(name: str, targets: str | list[str]) -> bool:
+    """Whether peft adapts module ``name`` under ``targets`` (a regex matched against the full
+    module name, or module-name suffixes)."""
+    import re
+
+    if isinstance(targets, str):
+        return re.fullmatch(targets, name) is not None
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def _without_gathers(model: nn.Module, targets: str | list[str]) -> str | list[str]:
+    """``targets`` less the projections of unevenly pruned layers that hand out their output
+    blocks by index (``HeadGatherLinear``, models/surgery.py): LoRA's update of such a module
+    would be added ungathered, in the wrong shape, so those modules get no adapter."""
+    from headgame.models.families.slicing import HeadGatherLinear
+
+    modules = list(model.named_modules())
+    if not any(isinstance(m, HeadGatherLinear) for _, m in modules):
+        return targets
+    return [name for name, m in modules if _adapted(name, targets) and not isinstance(m, HeadGatherLinear)
+            and getattr(getattr(m, "weight", None), "ndim", 0) == 2]
 
 
 LARGE_RANK = 256
@@ -42,15 +66,8 @@ def max_rank(model: nn.Module, targets: str | list[str]) -> int:
     """The smallest dimension of the weights LoRA adapts: a rank above it adds nothing but size.
     ``targets`` as peft reads them: a regex matched against the full module name, or module-name
     suffixes."""
-    import re
-
-    def adapted(name: str) -> bool:
-        if isinstance(targets, str):
-            return re.fullmatch(targets, name) is not None
-        return any(name == t or name.endswith("." + t) for t in targets)
-
     dims = [min(m.weight.shape) for name, m in model.named_modules()
-            if adapted(name) and getattr(getattr(m, "weight", None), "ndim", 0) == 2]
+            if _adapted(name, targets) and getattr(getattr(m, "weight", None), "ndim", 0) == 2]
     return min(dims) if dims else 0
 
 

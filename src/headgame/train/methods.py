@@ -41,6 +41,8 @@ class Method:
     """Config fields (with their defaults) that only this method reads."""
     arbitrates: ClassVar[bool] = False
     """Whether --arbitration (Nash-MTL) chooses the task weights."""
+    reads_heads: ClassVar[bool] = True
+    """Whether the tasks read the design layers' heads (False: the taps there only log Γ)."""
 
     def regulariser_layers(self, cfg: TrainConfig, design: list[int]) -> tuple[list[int], list[int]]:
         """(Barlow-Twins layers, barrier layers) the method regularises."""
@@ -76,6 +78,7 @@ METHODS: Registry[Method] = Registry("training method", "--method")
 class CE(Method):
     name = "ce"
     description = "LoRA with cross-entropy only (the paper's baseline)"
+    reads_heads = False
 
 
 class GameLora(Method):
