@@ -33,5 +33,15 @@ def prepare(cfg: PruneConfig) -> Any:
         from headgame.prune.coupling import check_analysis_model
 
         check_analysis_model(read_analysis(cfg.analysis), cfg.analysis, cfg.model, loaded.info.get("hash"))
-    budget([layout.n_heads] * layout.n_layers, cfg.fraction, per_layer=cfg.per_layer, rounding=cfg.per_layer_rounding)
+    import numpy as np
+
+    from headgame.measure.select import select
+    from headgame.prune.plan import group_size
+
+    for f in cfg.fraction_list:  # every budget and selection error before any work
+        budget([layout.n_heads] * layout.n_layers, f, per_layer=cfg.per_layer, rounding=cfg.per_layer_rounding)
+        select(np.zeros((layout.n_layers, layout.n_heads)), f, selection=cfg.selection, group_size=group_size(layout),
+               per_layer=cfg.per_layer, rounding=cfg.per_layer_rounding)
+    if cfg.heal_tokens and not layout.causal:
+        raise HeadgameError(f"--heal-tokens fine-tunes with the causal LM loss; {cfg.model} is an encoder, so pass --heal-tokens 0")
     return loaded

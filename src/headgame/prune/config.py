@@ -21,7 +21,13 @@ class PruneConfig(ConfigMixin):
     criterion: str = "fep"
     """Head-scoring criterion (the registry in headgame.prune.criteria)."""
     fraction: float = 0.2
-    """Share of heads to prune, in (0, 1): ⌊fraction · H_total⌉ heads."""
+    """Share of heads to prune, in (0, 1): ⌊fraction · H_total⌉ heads (the saved model's and the table's fraction)."""
+    fractions: str | None = None
+    """Comma-separated fractions for pruning curves (e.g. 0.1,0.2,0.3); --fraction is added if absent. Scores are computed once."""
+    selection: str = "head"
+    """head (rank single query heads) or group (GQA: remove whole KV groups, a group scored by its heads' mean key)."""
+    iterative_step: float = 0.0
+    """Iterative pruning: remove this share of the heads, re-score the rest with those heads gated off, repeat (0 = one-shot)."""
     per_layer: bool = False
     """Prune ⌊fraction · H_ℓ⌉ heads in every layer instead of ranking globally."""
     per_layer_rounding: str = "nearest"
@@ -88,6 +94,12 @@ class PruneConfig(ConfigMixin):
     """New tokens per generation."""
     gen_repeats: int = 3
     """Timed generation rounds."""
+    heal_tokens: int = 0
+    """LoRA fine-tuning tokens for the pruned model of the primary criterion (merged back) and, as the control, the unpruned model (0 = none)."""
+    heal_method: str = "ce"
+    """Training method of the healing run: ce or game-lora."""
+    heal_data: str = "auto"
+    """Training text of the healing run (a headgame train --data source; auto: its default)."""
     save_model: bool = True
     """Save the pruned model of the primary criterion to OUT/model (safetensors + record)."""
     out: str = "prune-out"
@@ -111,10 +123,23 @@ class PruneConfig(ConfigMixin):
         for name, example in (("model", "smollm2-135m"), ("score_data", "auto"), ("text_field", "text"), ("out", "prune-out")):
             nonempty(getattr(self, name), f"--{name.replace('_', '-')}", example)
         nonempty(self.ppl_sets, "--ppl-sets", "none")  # 'none' says no perplexity set; an empty value is not meant
+        nonempty(self.fractions, "--fractions", "0.1,0.2,0.3", optional=True)
         for name in ("data_dir", "analysis", "gsm8k_file", "wikitext_file"):
             nonempty(getattr(self, name), f"--{name.replace('_', '-')}", "PATH", optional=True)
         check_seed(self.seed)
         check_fraction(self.fraction)
+        for f in self.fraction_list:
+            check_fraction(f)
+        if self.selection not in ("head", "group"):
+            raise HeadgameError(f"--selection {self.selection} is not valid; choose head or group")
+        if not isinstance(self.iterative_step, (int, float)) or not 0.0 <= self.iterative_step < 1.0:
+            raise HeadgameError(f"--iterative-step {self.iterative_step} is outside [0, 1); pass e.g. 0.05 (0 = one-shot)")
+        if self.iterative_step and (self.per_layer or self.selection != "head"):
+            raise HeadgameError("--iterative-step works with global head selection; drop --per-layer / --selection group, or pass --iterative-step 0")
+        nonneg_int(self.heal_tokens, "--heal-tokens", 200000, "0 = no healing")
+        if self.heal_method not in ("ce", "game-lora"):
+            raise HeadgameError(f"--heal-method {self.heal_method} is not valid; choose ce or game-lora")
+        nonempty(self.heal_data, "--heal-data", "auto")
         if self.per_layer_rounding not in ROUNDINGS:
             raise HeadgameError(f"--per-layer-rounding {self.per_layer_rounding} is not valid; choose one of {', '.join(ROUNDINGS)}")
         get_criterion(self.criterion)
@@ -150,6 +175,15 @@ class PruneConfig(ConfigMixin):
         check_device(self.device)
 
     NOT_IDENTITY = frozenset({"device", "out", "extra"})
+
+    @property
+    def fraction_list(self) -> list[float]:
+        """The fractions measured, ascending: --fractions plus --fraction."""
+        try:
+            given = [float(x) for x in self.fractions.split(",") if x.strip()] if self.fractions else []
+        except ValueError:
+            raise HeadgameError(f"--fractions {self.fractions} is not a comma-separated list of numbers; pass e.g. 0.1,0.2,0.3") from None
+        return sorted({round(f, 6) for f in given + [self.fraction]})
 
     @property
     def ppl_set_list(self) -> list[str]:

@@ -16,6 +16,13 @@ others run the model.
 | random | uniform draws (seeded) | lowest |
 | coupling | Σ_{j≠i} |G_ij| of analyze's G: the most coupled (redundant) heads | highest |
 | gtfep-authors | the GT-FEP authors' H(i) + ½ Σ_j MI(i, j), one observation per sequence (nats) | lowest |
+| fep-mm | m_i^(≤3) from Miller–Madow-corrected entropies (bits) | lowest |
+| fep-cs | m_i^(≤3) from Chao–Shen entropies (bits) | lowest |
+| fep-layer | m_i^(≤3) z-scored within its layer (layers compared on one scale) | lowest |
+| shapley-exact | exact Shapley value of the entropy game v(S) = H(X_S) (≤ 12 heads per layer; bits) | lowest |
+
+In an iterative run (prune/plan.py) ``removed`` names the heads already pruned: the model is
+scored with them gated off, and the information criteria leave them out of their layer's game.
 """
 
 from __future__ import annotations
@@ -37,21 +44,33 @@ class ScoreContext:
     model: Any
     tokenizer: Any
     layout: Any
-    info_provider: Callable[[], dict] | None = None  # -> {layer: LayerInfo}
+    info_provider: Callable[[str], dict] | None = None  # estimator -> {layer: LayerInfo}
+    symbols_provider: Callable[[], Any] | None = None  # -> HeadSymbols of score_seqs (shared by the information criteria)
     score_seqs: Any = None  # Sequences for the attention statistics
     loss_seqs: Any = None  # Sequences for ablation / michel / coupling (smaller)
     batch_size: int = 4
     seed: int = 0
     analysis_path: str | None = None
     progress: Callable[[str, int, int], None] | None = None
+    removed: dict[int, list[int]] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict)
 
-    def info(self) -> dict:
-        if "info" not in self.cache:
+    def info(self, estimator: str = "plugin") -> dict:
+        """The GT-FEP analysis of every layer with ``estimator``'s entropies (cached per estimator)."""
+        key = "info" if estimator == "plugin" else f"info:{estimator}"
+        if key not in self.cache:
             if self.info_provider is None:
                 raise HeadgameError("this criterion needs the GT-FEP analysis but no data for it was given; pass --score-data")
-            self.cache["info"] = self.info_provider()
-        return self.cache["info"]
+            self.cache[key] = self.info_provider(estimator)
+        return self.cache[key]
+
+    def symbols(self) -> Any:
+        """The argmax-key symbols of the scoring text (collected once)."""
+        if "symbols" not in self.cache:
+            if self.symbols_provider is None:
+                raise HeadgameError("this criterion needs the scoring text's symbols but no data for it was given; pass --score-data")
+            self.cache["symbols"] = self.symbols_provider()
+        return self.cache["symbols"]
 
     def step(self, name: str) -> Callable[[int, int], None] | None:
         if self.progress is None:
@@ -102,9 +121,9 @@ def parse_criteria(spec: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _info_score(key: str) -> Callable[[ScoreContext], np.ndarray]:
+def _info_score(key: str, estimator: str = "plugin") -> Callable[[ScoreContext], np.ndarray]:
     def compute(ctx: ScoreContext) -> np.ndarray:
-        info = ctx.info()
+        info = ctx.info(estimator)
         rows = []
         for l in range(ctx.layout.n_layers):
             scores = info[l].scores
@@ -117,6 +136,19 @@ def _info_score(key: str) -> Callable[[ScoreContext], np.ndarray]:
         return np.stack(rows)
 
     return compute
+
+
+def _layer_z(ctx: ScoreContext) -> np.ndarray:
+    """m_i z-scored within its layer: (m_i − mean_ℓ) / sd_ℓ over the layer's heads still in the game,
+    so that a layer whose heads share many bits is not emptied by a global ranking."""
+    m = _info_score("fep")(ctx)
+    out = np.full_like(m, np.nan)
+    for l in range(m.shape[0]):
+        row = m[l]
+        live = np.isfinite(row)
+        sd = row[live].std() if live.sum() > 1 else 0.0
+        out[l, live] = (row[live] - row[live].mean()) / sd if sd > 1e-12 else 0.0
+    return out
 
 
 def _ablation(ctx: ScoreContext) -> np.ndarray:
@@ -151,11 +183,18 @@ def _gtfep_authors(ctx: ScoreContext) -> np.ndarray:
     from headgame.info.authors import authors_scores, example_symbols
     from headgame.measure.symbols import collect_symbols
 
-    seqs = ctx.need("gtfep-authors", ctx.score_seqs)
-    sym = collect_symbols(ctx.model, ctx.layout, seqs.input_ids, seqs.attention_mask, batch_size=ctx.batch_size,
-                          on_batch=ctx.step("gtfep-authors"))
+    if ctx.symbols_provider is None:
+        seqs = ctx.need("gtfep-authors", ctx.score_seqs)
+        sym = collect_symbols(ctx.model, ctx.layout, seqs.input_ids, seqs.attention_mask, batch_size=ctx.batch_size,
+                              on_batch=ctx.step("gtfep-authors"))
+    else:
+        sym = ctx.symbols()
     seq = sym.seq.numpy()
-    return np.stack([authors_scores(example_symbols(sym.x[l].numpy(), seq))["score"] for l in range(ctx.layout.n_layers)])
+    out = np.full((ctx.layout.n_layers, ctx.layout.n_heads), np.nan)
+    for l in range(ctx.layout.n_layers):
+        kept = [h for h in range(ctx.layout.n_heads) if h not in ctx.removed.get(l, [])]
+        out[l, kept] = authors_scores(example_symbols(sym.x[l].numpy()[:, kept], seq))["score"]
+    return out
 
 
 def _random(ctx: ScoreContext) -> np.ndarray:
@@ -184,4 +223,8 @@ register(Criterion("attention-entropy", "mean per-row attention entropy", "atten
 register(Criterion("random", "uniform random scores (seeded)", "baseline", "lowest", _random, ""))
 register(Criterion("gtfep-authors", "the GT-FEP authors' H(i) + ½ Σ_j MI(i,j), per-sequence symbols", "information", "lowest",
                    _gtfep_authors, "nats"))
+register(Criterion("fep-mm", "m_i from Miller–Madow-corrected entropies", "information", "lowest", _info_score("fep", "miller-madow"), "bits"))
+register(Criterion("fep-cs", "m_i from Chao–Shen (coverage-adjusted) entropies", "information", "lowest", _info_score("fep", "chao-shen"), "bits"))
+register(Criterion("fep-layer", "m_i z-scored within its layer", "information", "lowest", _layer_z, "z"))
+register(Criterion("shapley-exact", "exact Shapley value of the entropy game H(X_S)", "information", "lowest", _info_score("shapley-exact"), "bits"))
 register(Criterion("coupling", "row mass Σ|G_ij| of analyze's G: most coupled pruned first", "coupling", "highest", _coupling, ""))

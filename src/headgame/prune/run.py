@@ -1,19 +1,19 @@
 """``headgame prune``: rank heads, prune them physically, measure before and after.
 
 Pipeline: load → perplexity sets (GSM8K, WikiText-2) → scoring text → head scores per criterion
-(:mod:`headgame.prune.criteria`) → selection (:mod:`headgame.measure.select`) → pruned copies
-that share every non-attention weight with the base model (:func:`surgery.pruned_copy`) →
-perplexity, analytic and measured FLOPs, interleaved forward and generation throughput →
-``pruning.json``, ``pruning_table.md``/``.csv``, ``head_scores.csv``, ``config.yaml`` and the
-pruned model of the primary criterion in ``OUT/model``.
+(:mod:`headgame.prune.criteria`), computed once → selection at every fraction, one-shot or
+iterative (:mod:`headgame.prune.plan`) → pruned copies that share every non-attention weight
+with the base model (:func:`surgery.pruned_copy`) → perplexity, analytic and measured FLOPs,
+interleaved forward and generation throughput → optional healing (:mod:`headgame.prune.heal`) →
+``pruning.json``, ``pruning_table.md``/``.csv``, ``head_scores.csv``, ``curves.json``/``.png``,
+``config.yaml`` and the pruned model of the primary criterion in ``OUT/model``. Each stage says
+what it will cost as it starts (:class:`Stages`).
 """
 
 from __future__ import annotations
 
-import math
-import statistics
+import contextlib
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,25 +23,13 @@ import torch
 from headgame.errors import HeadgameError
 from headgame.outdir import claims_out
 from headgame.runs import progress_bar, provenance
+from headgame.prune.assemble import Variant, describe, fkey, group_results, run_notes
 from headgame.prune.config import PruneConfig
-from headgame.prune.criteria import Criterion, ScoreContext, get_criterion
-from headgame.prune.report import flat_metrics, write_prune_outputs
-from headgame.prune.state import STATE_FILE, PruneState
+from headgame.prune.criteria import ScoreContext, get_criterion
+from headgame.prune.report import write_prune_outputs
+from headgame.prune.stages import Stages
+from headgame.prune.state import STATE_FILE, PruneState, SavedInfo
 from headgame.system import cpu_name
-
-
-@dataclass
-class Variant:
-    """One pruned model: which criterion (and seed) chose its heads."""
-
-    key: str  # "fep", "random#3"
-    criterion: Criterion
-    seed: int
-    scores: np.ndarray  # [L, H]
-    removed: dict[int, list[int]]
-    model: Any = None
-    record: Any = None
-    results: dict[str, Any] = field(default_factory=dict)
 
 
 def device_info(dtype: str, device: Any = "cpu") -> dict[str, Any]:
@@ -75,19 +63,6 @@ def build_evalsets(cfg: PruneConfig, tokenizer: Any, layout: Any, notes: dict[st
     return sets
 
 
-def _rel(new: float | None, old: float | None) -> float | None:
-    if new is None or old is None or not old:
-        return None
-    return new / old - 1.0
-
-
-def _mean_sd(values: list[float | None]) -> dict[str, float | None]:
-    v = [x for x in values if x is not None and math.isfinite(x)]
-    if not v:
-        return {"mean": None, "sd": None, "n": 0}
-    return {"mean": statistics.fmean(v), "sd": statistics.stdev(v) if len(v) > 1 else None, "n": len(v)}
-
-
 def fit_positions(cfg: PruneConfig, max_positions: int | None, notes: dict[str, str]) -> PruneConfig:
     """Lengths beyond the model's position limit are lowered to it (recorded in the notes)."""
     import dataclasses
@@ -106,8 +81,9 @@ def fit_positions(cfg: PruneConfig, max_positions: int | None, notes: dict[str, 
     return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
-ARTEFACTS = ("pruning.json", "config.yaml", "pruning_table.md", "pruning_table.csv", "head_scores.csv", "model", STATE_FILE)
-"""What ``headgame prune`` writes into --out (prune/report.py and the pruned model; the main result first)."""
+ARTEFACTS = ("pruning.json", "config.yaml", "pruning_table.md", "pruning_table.csv", "head_scores.csv", "curves.json",
+             "curves.png", "model", "heal", STATE_FILE)
+"""What ``headgame prune`` writes into --out (prune/report.py, prune/curves.py, the pruned model, the healing runs)."""
 
 
 def run_prune(cfg: PruneConfig, *, resume: bool = False, progress: bool = True, console: Any = None) -> dict[str, Any]:
@@ -127,18 +103,47 @@ def run_prune(cfg: PruneConfig, *, resume: bool = False, progress: bool = True, 
 run_prune.artefacts = ARTEFACTS  # type: ignore[attr-defined]
 
 
+def _gated(model: Any, layout: Any, removed: dict[int, list[int]]):
+    """The model with ``removed`` heads' outputs zeroed (equal to removing them), for re-scoring."""
+    from headgame.models.surgery import zero_gates
+    from headgame.models.tap import HeadTap
+
+    return HeadTap(model, layout, gates=zero_gates(layout, removed)) if removed else contextlib.nullcontext()
+
+
+def _analyse(symbols: Any, opts: Any, removed: dict[int, list[int]], on_layer: Any) -> dict:
+    """GT-FEP analysis of every layer over the heads still in it (removed heads leave the game;
+    their scores are NaN)."""
+    from headgame.info.analysis import analyse_layer
+
+    infos: dict[int, Any] = {}
+    for l in symbols.layers:
+        gone = set(removed.get(l, []))
+        n_heads = symbols.x[l].shape[1]
+        kept = [h for h in range(n_heads) if h not in gone]
+        info = analyse_layer(l, symbols.x[l][:, kept], symbols.seq, symbols.alphabet_size, opts)
+        if gone:
+            full = {}
+            for k, v in info.scores.items():
+                row = np.full(n_heads, np.nan)
+                row[kept] = v
+                full[k] = row
+            info = SavedInfo(full, n_heads)
+        infos[l] = info
+        on_layer(l)
+    return infos
+
+
 @claims_out("prune", ARTEFACTS, state=(STATE_FILE,))
 def _prune(cfg: PruneConfig, loaded: Any, t_start: float, *, resume: bool = False, progress: bool = True,
            console: Any = None) -> dict[str, Any]:
     from headgame.data.texts import load_sequences, resolve_source
-    from headgame.fep.run import analyse_symbols
     from headgame.info.analysis import InfoOptions
-    from headgame.info.scores import epsilon_nash, spearman
     from headgame.measure.perplexity import perplexity
-    from headgame.measure.select import select_heads
     from headgame.measure.symbols import collect_symbols
     from headgame.models.surgery import pruned_copy, save_pruned
-    from headgame.prune import cost
+    from headgame.prune import cost, plan
+    from headgame.prune.curves import write_curves
 
     out = Path(cfg.out)
     timing: dict[str, float] = {}
@@ -147,6 +152,7 @@ def _prune(cfg: PruneConfig, loaded: Any, t_start: float, *, resume: bool = Fals
     state = PruneState(out, cfg, loaded.info.get("hash"))  # the settings as asked, before fitting the positions
     cfg = fit_positions(cfg, layout.max_positions, notes)
     n_total = layout.n_layers * layout.n_heads
+    fractions = cfg.fraction_list
     crits = [get_criterion(n) for n in cfg.criteria_list()]
     vocab = int((model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config).vocab_size)
 
@@ -162,6 +168,7 @@ def _prune(cfg: PruneConfig, loaded: Any, t_start: float, *, resume: bool = Fals
     bar = progress_bar(progress, console, fields="{task.fields[live]}")
     tasks: dict[str, Any] = {}
     scoring = [""]  # the criterion being scored, named in the lines of its steps
+    stages = Stages(bar, progress, timing)
 
     def step(name: str, done: int, total: int, *, label: str | None = None, live: str | None = None) -> None:
         if name not in tasks:
@@ -169,67 +176,106 @@ def _prune(cfg: PruneConfig, loaded: Any, t_start: float, *, resume: bool = Fals
         label = label or (f"scoring {scoring[0]} · {name}" if scoring[0] else name)
         bar.update(tasks[name], completed=done, total=total, description=label, **({"live": live} if live is not None else {}))
 
-    def info_provider() -> dict:
-        t0 = time.perf_counter()
-        symbols = collect_symbols(model, layout, score_seqs.input_ids, score_seqs.attention_mask, alphabet=cfg.alphabet,
-                                  batch_size=cfg.batch_size, on_batch=lambda d, t: step("discretise", d, t))
-        opts = InfoOptions(miller_madow=cfg.miller_madow, bootstrap=0, seed=cfg.seed, mcmc_steps=0)
-        infos = analyse_symbols(symbols, opts, on_layer=lambda l: step("dividends", l + 1, layout.n_layers))
-        timing["fep_analysis_s"] = time.perf_counter() - t0
-        notes["fep_analysis"] = f"{symbols.n_obs} observations per layer from {score_seqs.n_sequences} sequences of {source}"
-        return infos
+    def make_ctx(removed: dict[int, list[int]]) -> ScoreContext:
+        ctx = ScoreContext(model, tok, layout, score_seqs=score_seqs, loss_seqs=loss_seqs, batch_size=cfg.batch_size,
+                           seed=cfg.seed, analysis_path=cfg.analysis, progress=step, removed=removed)
+        if not needs_info:
+            return ctx
 
-    ctx = ScoreContext(model, tok, layout, info_provider=info_provider if needs_info else None, score_seqs=score_seqs,
-                       loss_seqs=loss_seqs, batch_size=cfg.batch_size, seed=cfg.seed, analysis_path=cfg.analysis, progress=step)
+        def symbols() -> Any:
+            t0 = time.perf_counter()
+            sym = collect_symbols(model, layout, score_seqs.input_ids, score_seqs.attention_mask, alphabet=cfg.alphabet,
+                                  batch_size=cfg.batch_size, on_batch=lambda d, t: step("discretise", d, t))
+            timing["fep_analysis_s"] = timing.get("fep_analysis_s", 0.0) + time.perf_counter() - t0
+            notes["fep_analysis"] = f"{sym.n_obs} observations per layer from {score_seqs.n_sequences} sequences of {source}"
+            return sym
+
+        def info(estimator: str) -> dict:
+            t0 = time.perf_counter()
+            est = "miller-madow" if estimator == "plugin" and cfg.miller_madow else estimator
+            opts = InfoOptions(estimator=est, bootstrap=0, seed=cfg.seed, mcmc_steps=0)
+            infos = _analyse(ctx.symbols(), opts, removed, lambda l: step(f"dividends ({est})", l + 1, layout.n_layers))
+            timing["fep_analysis_s"] = timing.get("fep_analysis_s", 0.0) + time.perf_counter() - t0
+            return infos
+
+        ctx.symbols_provider, ctx.info_provider = symbols, info
+        return ctx
+
+    ctx = make_ctx({})
     resumed_at = None
+    random_seeds = [cfg.seed + i for i in range(cfg.random_seeds)]
     if resume:
         state.restore(ctx.cache, notes)
         n_variants = sum(cfg.random_seeds if c.name == "random" else 1 for c in crits)
         resumed_at = state.announce(n_variants, len(evalsets))
     variants: list[Variant] = []
     with bar:
-        # ---------------------------------------------------------- scores and pruned copies
-        t0 = time.perf_counter()
+        # ---------------------------------------------------------- scores, selections, pruned copies
+        stages.calibrate(model, layout, cfg.batch_size, cfg.seq_len, vocab)
+        names = [f"{c.name} ({len(random_seeds)} seeds)" if c.name == "random" else c.name for c in crits]
+        score_work = (0 if score_seqs is None else score_seqs.n_tokens * 1.3) + sum(
+            (n_total + 1) * loss_seqs.n_tokens if c.name == "ablation" else 3 * loss_seqs.n_tokens if c.name in ("michel", "coupling")
+            else 1.3 * loss_seqs.n_tokens if c.name == "attention-entropy" else 0 for c in crits)
+        n_steps = len(plan.iterative_counts(fractions, n_total, layout.n_layers, cfg.iterative_step)) if cfg.iterative_step else 1
+        stages.start("scoring", f"{', '.join(names)} on {'' if score_seqs is None else f'{score_seqs.n_tokens:,} tokens (information), '}"
+                     f"{'' if loss_seqs is None else f'{loss_seqs.n_tokens:,} tokens (model-based)'}"
+                     + (f", {n_steps} iterative steps" if n_steps > 1 else ""),
+                     score_work * n_steps, extra=" + the dividends of every layer" if needs_info else "")
         for crit in crits:
-            seeds = [cfg.seed + i for i in range(cfg.random_seeds)] if crit.name == "random" else [cfg.seed]
-            for s in seeds:
-                ctx.seed = s
-                key = crit.name if crit.name != "random" else f"random#{s}"
-                scoring[0] = key
-                if key not in state.scores:
-                    state.scores[key] = crit.compute(ctx)
-                    state.save(ctx.cache, notes)
-                scores = state.scores[key]
-                removed = select_heads(crit.pruning_key(scores), cfg.fraction, per_layer=cfg.per_layer,
-                                       rounding=cfg.per_layer_rounding)
-                variants.append(Variant(key, crit, s, scores, removed))
-            ctx.seed = cfg.seed
+            for s in (random_seeds if crit.name == "random" else [cfg.seed]):
+                name = crit.name if crit.name != "random" else f"random#{s}"
+                scoring[0] = name
+
+                def score(removed: dict[int, list[int]], crit=crit, s=s, name=name) -> np.ndarray:
+                    n = sum(len(h) for h in removed.values())
+                    key = name if not n else f"{name}~{n}"
+                    if key not in state.scores:
+                        c = ctx if not n else make_ctx(removed)
+                        c.seed = s
+                        with _gated(model, layout, removed):
+                            state.scores[key] = crit.compute(c)
+                        c.seed = cfg.seed
+                        state.save(ctx.cache, notes)
+                    return state.scores[key]
+
+                if cfg.iterative_step and crit.name != "random":  # re-scoring random draws afresh: still random
+                    snaps, history = plan.iterative(score, crit.pruning_key, fractions, layout, cfg.iterative_step)
+                    first = history[0]
+                else:
+                    first = score({})
+                    snaps = plan.one_shot(crit.pruning_key(first), fractions, layout, selection=cfg.selection,
+                                          per_layer=cfg.per_layer, rounding=cfg.per_layer_rounding)
+                for f in fractions:
+                    variants.append(Variant(f"{name}@{fkey(f)}", name, crit, s, f, first, snaps[f]))
         scoring[0] = ""
-        timing["scoring_s"] = time.perf_counter() - t0
         for v in variants:
             v.model, v.record = pruned_copy(model, layout, v.removed)
         models = {"base": model, **{v.key: v.model for v in variants}}
+        shown = {k: (k.rsplit("@", 1)[0] if len(fractions) == 1 else k) for k in models}  # names in the progress lines
 
         # ---------------------------------------------------------- perplexity
-        t0 = time.perf_counter()
         ppl: dict[str, dict[str, Any]] = {name: dict(state.ppl.get(name, {})) for name in models}
+        todo = sum(1 for es in evalsets for n in models if es.name not in ppl[n])
+        stages.start("perplexity", f"{len(models)} models x {len(evalsets)} sets ({todo} to measure) of "
+                     f"{' + '.join(f'{es.seqs.n_tokens:,}' for es in evalsets) or 0} tokens",
+                     sum(es.seqs.n_tokens for es in evalsets) * todo / max(1, len(evalsets)))
         for es in evalsets:
             for i, (name, m) in enumerate(models.items()):
-                step(f"perplexity {es.name}", i, len(models), label=f"measuring {name} · perplexity {es.name}")
+                step(f"perplexity {es.name}", i, len(models), label=f"measuring {shown[name]} · perplexity {es.name}")
                 if es.name not in ppl[name]:
                     ppl[name][es.name] = perplexity(m, layout, tok, es, batch_size=cfg.batch_size, seeds=cfg.pseudo_ppl_seeds)
                     state.ppl = ppl
                     state.save(ctx.cache, notes)
                 last = ppl[name][es.name].get("ppl")
                 step(f"perplexity {es.name}", i + 1, len(models), label=f"perplexity {es.name}",
-                     live=f"last: {name} {last:.3f}" if isinstance(last, (int, float)) else f"last: {name} —")
-        timing["perplexity_s"] = time.perf_counter() - t0
+                     live=f"last: {shown[name]} {last:.3f}" if isinstance(last, (int, float)) else f"last: {shown[name]} —")
 
         # ---------------------------------------------------------- FLOPs
-        t0 = time.perf_counter()
         flops = dict(state.flops)
+        stages.start("FLOPs", f"analytic and FlopCounterMode counts of {len(models)} models at {cfg.flops_seq_len} tokens",
+                     2 * cfg.flops_seq_len * sum(1 for n in models if n not in flops))
         for i, (name, m) in enumerate(models.items()):
-            step("FLOPs", i, len(models), label=f"measuring {name} · FLOPs")
+            step("FLOPs", i, len(models), label=f"measuring {shown[name]} · FLOPs")
             if name not in flops:
                 flops[name] = {"analytic": cost.analytic_flops(m, layout, cfg.flops_seq_len),
                                "measured": cost.measured_flops(m, layout, cfg.flops_seq_len, vocab_size=vocab),
@@ -237,149 +283,88 @@ def _prune(cfg: PruneConfig, loaded: Any, t_start: float, *, resume: bool = Fals
                 state.flops = flops
                 state.save(ctx.cache, notes)
             step("FLOPs", i + 1, len(models), label="FLOPs")
-        timing["flops_s"] = time.perf_counter() - t0
 
         # ---------------------------------------------------------- throughput (paired with base)
-        t0 = time.perf_counter()
-        # one model per criterion (random: its first seed; every seed prunes the same number of heads)
-        timed_models = {"base": model}
-        for v in variants:
-            if v.criterion.name != "random" or v.seed == cfg.seed:
-                timed_models[v.key] = v.model
+        # one model per criterion and fraction (random: its first seed; every seed prunes as many heads)
+        timed_models = {"base": model, **{v.key: v.model for v in variants if v.criterion.name != "random" or v.seed == cfg.seed}}
+        n_runs = 2 * (len(timed_models) - 1) * (cfg.warmup + cfg.repeats)
+        stages.start("throughput", f"{n_runs} forward passes of {cfg.throughput_batch} x {cfg.throughput_seq_len}, paired with the base model",
+                     n_runs * cfg.throughput_batch * cfg.throughput_seq_len)
         step("forward throughput", 0, 1)
         fwd_models = {k: torch.compile(m) for k, m in timed_models.items()} if cfg.compile else timed_models
         fwd = cost.forward_throughput(fwd_models, layout, batch_size=cfg.throughput_batch, seq_len=cfg.throughput_seq_len,
                                       warmup=cfg.warmup, repeats=cfg.repeats, vocab_size=vocab, seed=cfg.seed)
         step("forward throughput", 1, 1)
         gen = None
+        primary_key = f"{crits[0].name if crits[0].name != 'random' else f'random#{cfg.seed}'}@{fkey(cfg.fraction)}"
         if cfg.generation and layout.causal:
+            # a secondary metric: the primary criterion and random's first seed at --fraction, to bound the time
+            gen_models = {k: m for k, m in timed_models.items() if k in ("base", primary_key, f"random#{cfg.seed}@{fkey(cfg.fraction)}")}
+            stages.start("generation", f"{2 * (len(gen_models) - 1) * (cfg.gen_repeats + 1)} greedy generations of "
+                         f"{cfg.gen_new_tokens} tokens after {cfg.gen_prompt}")
             step("generation throughput", 0, 1)
-            # a secondary metric: the primary criterion and random's first seed only, to bound the time
-            gen_models = {k: m for k, m in timed_models.items() if k in ("base", crits[0].name, f"random#{cfg.seed}")}
             gen = cost.generation_throughput(gen_models, tok, prompt_len=cfg.gen_prompt, new_tokens=cfg.gen_new_tokens,
                                              repeats=cfg.gen_repeats, vocab_size=vocab, seed=cfg.seed)
             step("generation throughput", 1, 1)
         elif not layout.causal:
             notes["generation"] = "not measured: the model is an encoder (no autoregressive generation)"
-        timing["throughput_s"] = time.perf_counter() - t0
+
+        # ---------------------------------------------------------- the saved model and its healing
+        primary = crits[0].name
+        pv = next(v for v in variants if v.key == primary_key)
+        saved = None
+        if cfg.save_model or cfg.heal_tokens:
+            saved = str(save_pruned(pv.model, tok, out / "model", extra={
+                "criterion": primary, "fraction": cfg.fraction, "per_layer": cfg.per_layer, "selection": cfg.selection,
+                "iterative_step": cfg.iterative_step, "source_model": cfg.model, "source_hash": loaded.info.get("hash")}))
+        healed = None
+        if cfg.heal_tokens:
+            from headgame.prune.heal_stage import heal_and_measure
+
+            stages.start("healing", f"LoRA ({cfg.heal_method}) on {cfg.heal_tokens:,} tokens for the pruned model and the "
+                         "unpruned control, then their perplexity", 2 * 3 * cfg.heal_tokens)
+            healed = heal_and_measure(cfg, out, saved, primary_key, evalsets, ppl)
+        stages.done()
 
     # ---------------------------------------------------------- assemble
     infos = ctx.cache.get("info")
-    h1 = fep_m = None
-    if infos is not None:
-        h1 = np.stack([infos[l].scores["entropy"] for l in range(layout.n_layers)])
-        fep_m = np.stack([infos[l].scores["fep"] for l in range(layout.n_layers)])
     ablation = ctx.cache.get("ablation")
-    base_an, base_me = flops["base"]["analytic"], flops["base"]["measured"]
-
-    def describe(name: str, v: Variant | None) -> dict[str, Any]:
-        an, me = flops[name]["analytic"], flops[name]["measured"]
-        res: dict[str, Any] = {
-            "flops": {
-                "analytic": {**an, "reduction_total": cost.reduction(base_an["total"], an["total"]),
-                             "reduction_attention": cost.reduction(base_an["attention"], an["attention"])},
-                "measured": {**me, "reduction_total": cost.reduction(base_me["total"], me["total"]),
-                             "reduction_attention": cost.reduction(base_me["attention"], me["attention"])},
-            },
-            "perplexity": {},
-            "throughput": {},
-        }
-        for es in evalsets:
-            p = dict(ppl[name][es.name])
-            if p.get("available") and name != "base" and ppl["base"][es.name].get("available"):
-                b = ppl["base"][es.name]["ppl"]
-                p["change_abs"], p["change_rel"] = p["ppl"] - b, _rel(p["ppl"], b)
-            res["perplexity"][es.name] = p
-        if name in fwd:
-            f = dict(fwd[name])
-            f["flop_implied_speedup"] = flops["base"]["analytic_at_throughput_len"] / flops[name]["analytic_at_throughput_len"]
-            f["gain"] = f["measured_speedup"] - 1.0
-            fi = f["flop_implied_speedup"] - 1.0
-            f["efficiency"] = (f["measured_speedup"] - 1.0) / fi if fi > 1e-12 else None
-            res["throughput"]["forward"] = f
-        if gen is not None and name in gen:
-            res["throughput"]["generation"] = dict(gen[name])
-        if v is None:
-            return res
-        res.update({
-            "criterion": v.criterion.name, "seed": v.seed, "n_pruned": sum(len(h) for h in v.removed.values()),
-            "pruned_heads": {str(l): h for l, h in v.removed.items()},
-            "heads_per_layer": v.record.heads_per_layer(),
-            "kv_heads_per_layer": [len(v.record.kept_kv(l)) for l in range(layout.n_layers)],
-            "kv_heads_removed": sum(layout.n_kv_heads - len(v.record.kept_kv(l)) for l in range(layout.n_layers))
-            if layout.family_def.grouped_kv else None,
-        })
-        nash = epsilon_nash(fep_m, v.removed, h1).to_dict() if fep_m is not None else None
-        if ablation is not None and v.criterion.name != "ablation":
-            r, p = spearman(v.scores, ablation)
-            res["spearman_vs_ablation"] = {"rho": r, "p": p}
-            if nash is not None:
-                nash.update(spearman_rho=r, spearman_p=p, spearman_score=v.criterion.name)
-        if nash is not None:
-            res["epsilon_nash"] = nash
-        return res
-
-    results: dict[str, Any] = {}
+    kw = dict(flops=flops, ppl=ppl, fwd=fwd, gen=gen, evalsets=evalsets, layout=layout, info=infos,
+              ablation=None if ablation is None or cfg.iterative_step else ablation)
     for v in variants:
-        v.results = describe(v.key, v)
-    for crit in crits:
-        group = [v for v in variants if v.criterion.name == crit.name]
-        if crit.name == "random":
-            runs = [v.results for v in group]
-            keys = sorted({k for r in runs for k in flat_metrics(r)})
-            results["random"] = {
-                "criterion": "random", "seeds": [v.seed for v in group], "runs": runs,
-                "summary": {k: _mean_sd([flat_metrics(r).get(k) for r in runs]) for k in keys},
-            }
-        else:
-            results[crit.name] = group[0].results
-    primary = crits[0].name
-    saved = None
-    if cfg.save_model:
-        pv = next(v for v in variants if v.criterion.name == primary)
-        saved = str(save_pruned(pv.model, tok, out / "model", extra={"criterion": primary, "fraction": cfg.fraction,
-                                                                      "per_layer": cfg.per_layer, "source_model": cfg.model,
-                                                                      "source_hash": loaded.info.get("hash")}))
+        v.results = describe(v.key, v, **kw)
+    by_fraction = {fkey(f): group_results([v for v in variants if v.fraction == f], crits) for f in fractions}
     result: dict[str, Any] = {
         **provenance(cfg),
         "model": {"spec": cfg.model, **layout.describe(), "hash": loaded.info.get("hash"), "n_heads_total": n_total},
         "device": device_info(cfg.dtype, loaded.info.get("device", "cpu")),
-        "budget": {"fraction": cfg.fraction, "per_layer": cfg.per_layer, "per_layer_rounding": cfg.per_layer_rounding,
-                   "n_pruned": sum(len(h) for h in variants[0].removed.values())},
+        "budget": {"fraction": cfg.fraction, "fractions": fractions, "per_layer": cfg.per_layer,
+                   "per_layer_rounding": cfg.per_layer_rounding, "selection": cfg.selection, "iterative_step": cfg.iterative_step,
+                   "n_pruned": sum(len(h) for h in pv.removed.values())},
         "data": {"score_source": source, "score_tokens": None if score_seqs is None else score_seqs.n_tokens,
                  "loss_tokens": None if loss_seqs is None else loss_seqs.n_tokens,
                  "perplexity_sets": [es.describe() for es in evalsets]},
         "primary": primary,
-        "base": describe("base", None),
-        "results": results,
-        "saved_model": saved,
+        "base": describe("base", None, **kw),
+        "results": by_fraction[fkey(cfg.fraction)],
+        **({"results_by_fraction": by_fraction} if len(fractions) > 1 else {}),
+        **({"healed": healed} if healed is not None else {}),
+        "saved_model": saved if cfg.save_model else None,
         "timing": {**{k: round(v, 2) for k, v in timing.items()}, "seconds": round(time.perf_counter() - t_start, 2),
+                   "forward_tokens_per_s_at_start": None if stages.rate is None else round(stages.rate, 1),
                    **({"resumed_at": resumed_at} if resumed_at else {})},
-        "notes": {
-            **notes,
-            "flops": "analytic: 2 FLOPs per multiply-add of QKV/O projections, QKᵀ and AV (T keys per query), MLP and LM head, "
-                     f"one sequence of {cfg.flops_seq_len} tokens; measured: FlopCounterMode on 1 x {cfg.flops_seq_len} with eager "
-                     "attention (SDPA is counted as 0 FLOPs on CPU in torch 2.13)",
-            "throughput": f"forward: batch {cfg.throughput_batch} x {cfg.throughput_seq_len}, {cfg.warmup} warm-up + {cfg.repeats} "
-                          "timed rounds; in every round each pruned model runs right next to a base run (order alternating); "
-                          "measured_speedup = median of those base runs / median of the pruned runs; flop_implied_speedup = "
-                          "base analytic FLOPs / pruned analytic FLOPs; efficiency = (measured − 1)/(implied − 1); the random "
-                          "criterion is timed for its first seed (all seeds prune the same number of heads)"
-                          + ("; every model torch.compile'd (inductor), compiled during the warm-up" if cfg.compile else "; eager mode"),
-            "generation": notes.get("generation", f"greedy, 1 x {cfg.gen_prompt} prompt, {cfg.gen_new_tokens} new tokens, "
-                                    f"{cfg.gen_repeats} timed rounds after 1 warm-up, paired with base like the forward pass; "
-                                    "timed for the primary criterion and random's first seed"),
-            "fep_score": "m_i^(≤3) truncates H(X_i | rest) at order 3 (docs/formulas.md); where a layer's pair and triple dividends are "
-                         "large the truncation leaves [0, H_i] (it can be negative or exceed H_i), so ε and global rankings "
-                         "across layers inherit that error; fep-exact is bounded but saturates",
-            "perplexity": "exp(mean token NLL); GSM8K texts (\"Question: …\\nAnswer: …\") scored one by one, WikiText-2 in non-overlapping "
-                          "windows; one-shot pruning, no fine-tuning",
-        },
+        "notes": {**notes, **run_notes(cfg, notes)},
     }
-    head_scores = {v.key if v.criterion.name != "random" else "random": v.scores for v in variants
-                   if v.criterion.name != "random" or v.seed == cfg.seed}
+    head_scores = {v.name if v.criterion.name != "random" else "random": v.scores for v in variants
+                   if v.fraction == cfg.fraction and (v.criterion.name != "random" or v.seed == cfg.seed)}
     if ablation is not None:
         head_scores.setdefault("ablation", ablation)
     write_prune_outputs(result, head_scores, out, config_yaml=cfg.to_yaml())
+    if len(fractions) > 1:
+        write_curves(result, out)
+    if not cfg.save_model and saved:
+        import shutil
+
+        shutil.rmtree(saved, ignore_errors=True)  # saved only to heal it
     state.clear()
     return result

@@ -1,0 +1,92 @@
+"""Pruning curves of every criterion on the packaged models, one resumable stage per model.
+
+Each stage is one ``headgame prune --fractions ... --compare-criteria`` run in a work folder
+(``~/.cache/headgame/prune-curves/<model>``; ``--resume`` continues it after an interruption).
+When a stage finishes, its small results (curves.json, curves.png, pruning.json,
+pruning_table.md, head_scores.csv, config.yaml; never weights) are copied to
+``benchmarks/results/prune_curves/<model>/`` and the stage is skipped from then on, so the
+results can be committed as stages finish and a run continues on another machine.
+
+    HEADGAME_DATA_DIR=../shared/data python benchmarks/prune_curves.py --models smollm2-135m --threads 2
+    python benchmarks/prune_curves.py --report          # benchmarks/results/prune_curves.json from the finished stages
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "prune_curves"
+FRACTIONS = "0.05,0.1,0.2,0.3,0.4"
+CRITERIA = {
+    "smollm2-135m": "fep,random,ablation,michel,attention-entropy,gtfep-authors,fep-mm,fep-cs,fep-layer,shapley-exact",
+    "gemma3-270m": "fep,random,ablation,michel,attention-entropy,gtfep-authors,fep-mm,fep-cs,fep-layer,shapley-exact",
+}
+COMMON = ["--fractions", FRACTIONS, "--fraction", "0.2", "--compare-criteria", "--random-seeds", "3",
+          "--throughput-batch", "4", "--no-save-model", "--no-progress"]
+KEEP = ("curves.json", "curves.png", "pruning.json", "pruning_table.md", "head_scores.csv", "config.yaml")
+
+
+def run_one(model: str, work: Path, threads: int) -> None:
+    done = RESULTS / model
+    if (done / "curves.json").exists():
+        print(f"{model}: done, skipped", flush=True)
+        return
+    out = work / model
+    resume = (out / ".prune-state.safetensors").exists()
+    cmd = [str(Path(sys.executable).parent / "headgame"), "prune", "--model", model, "--criteria", CRITERIA[model], *COMMON,
+           "--threads", str(threads)]
+    cmd += ["--resume", str(out)] if resume else ["--out", str(out)]
+    if not resume and out.exists():
+        shutil.rmtree(out)  # died before its first checkpoint: start again
+    print(f"{model}: {'resuming' if resume else 'starting'}: {' '.join(cmd)}", flush=True)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    done.mkdir(parents=True, exist_ok=True)
+    for f in KEEP:
+        if (out / f).exists():
+            shutil.copy2(out / f, done / f)
+    (done / "wall_seconds.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
+    print(f"{model}: finished in {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+def report() -> dict:
+    """Per model: at every fraction, each criterion's perplexities and speed-up (random: mean ± sd)."""
+    out: dict = {"models": {}}
+    for folder in sorted(p for p in RESULTS.iterdir() if (p / "curves.json").exists()) if RESULTS.is_dir() else []:
+        c = json.loads((folder / "curves.json").read_text())
+        res = json.loads((folder / "pruning.json").read_text())
+        out["models"][folder.name] = {"curves": c, "device": res["device"], "timing": res["timing"],
+                                      "base": c["base"], "perplexity_sets": res["data"]["perplexity_sets"]}
+    tmp = HERE / "results" / "prune_curves.json.tmp"
+    tmp.write_text(json.dumps(out, indent=1) + "\n")
+    os.replace(tmp, HERE / "results" / "prune_curves.json")
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="smollm2-135m,gemma3-270m", help="comma-separated packaged models")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--work", default=os.environ.get("HEADGAME_BENCH_WORK", str(Path.home() / ".cache" / "headgame" / "prune-curves")))
+    ap.add_argument("--report", action="store_true", help="only (re)write the report from the finished stages")
+    args = ap.parse_args()
+    if not args.report:
+        for model in [m.strip() for m in args.models.split(",") if m.strip()]:
+            if model not in CRITERIA:
+                raise SystemExit(f"error: no curve settings for {model}; choose from {', '.join(CRITERIA)}")
+            run_one(model, Path(args.work), args.threads)
+    report()
+    print(f"wrote {HERE / 'results' / 'prune_curves.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
