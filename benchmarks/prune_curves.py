@@ -26,11 +26,13 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "prune_curves"
 FRACTIONS = "0.05,0.1,0.2,0.3,0.4"
 CRITERIA = {
+    "minilm-l6": "fep,random,ablation,michel,attention-entropy,gtfep-authors,fep-mm,fep-cs,fep-layer,shapley-exact",
     "smollm2-135m": "fep,random,ablation,michel,attention-entropy,gtfep-authors,fep-mm,fep-cs,fep-layer,shapley-exact",
     "gemma3-270m": "fep,random,ablation,michel,attention-entropy,gtfep-authors,fep-mm,fep-cs,fep-layer,shapley-exact",
 }
 COMMON = ["--fractions", FRACTIONS, "--fraction", "0.2", "--compare-criteria", "--random-seeds", "3",
           "--throughput-batch", "4", "--no-save-model", "--no-progress"]
+EXTRA = {"minilm-l6": ["--mlm-proxy"]}  # no MLM head in the checkpoint: the tied-embedding proxy, labelled as such
 KEEP = ("curves.json", "curves.png", "pruning.json", "pruning_table.md", "head_scores.csv", "config.yaml")
 
 
@@ -41,7 +43,7 @@ def run_one(model: str, work: Path, threads: int) -> None:
         return
     out = work / model
     resume = (out / ".prune-state.safetensors").exists()
-    cmd = [str(Path(sys.executable).parent / "headgame"), "prune", "--model", model, "--criteria", CRITERIA[model], *COMMON,
+    cmd = [str(Path(sys.executable).parent / "headgame"), "prune", "--model", model, "--criteria", CRITERIA[model], *COMMON, *EXTRA.get(model, []),
            "--threads", str(threads)]
     cmd += ["--resume", str(out)] if resume else ["--out", str(out)]
     if not resume and out.exists():
@@ -73,7 +75,7 @@ def report() -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default="smollm2-135m,gemma3-270m", help="comma-separated packaged models")
+    ap.add_argument("--models", default="minilm-l6,smollm2-135m,gemma3-270m", help="comma-separated packaged models")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default=os.environ.get("HEADGAME_BENCH_WORK", str(Path.home() / ".cache" / "headgame" / "prune-curves")))
     ap.add_argument("--report", action="store_true", help="only (re)write the report from the finished stages")

@@ -147,8 +147,15 @@ def pruning_key(args, model, tok, layout) -> tuple[np.ndarray, str]:
     source = resolve_source("auto", args.data_dir)
     seqs = load_sequences(source, tok, causal=True, max_tokens=args.loss_tokens, seq_len=args.loss_seq_len,
                           data_dir=args.data_dir, seed=args.seed)
-    ctx = ScoreContext(model, tok, layout, loss_seqs=seqs, batch_size=4, seed=args.seed)
-    return crit.pruning_key(crit.compute(ctx)), f"{crit.name} on {seqs.n_tokens} tokens of {source}"
+    cache = Path.home() / ".cache" / "headgame" / f"kv-decode-{args.model}-{crit.name}-{seqs.n_tokens}-seed{args.seed}.npy"
+    if cache.exists() and not args.smoke:  # a rerun reuses the scores (one forward per head)
+        scores = np.load(cache)
+    else:
+        scores = crit.compute(ScoreContext(model, tok, layout, loss_seqs=seqs, batch_size=4, seed=args.seed))
+        if not args.smoke:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.save(cache, scores)
+    return crit.pruning_key(scores), f"{crit.name} on {seqs.n_tokens} tokens of {source}"
 
 
 # --------------------------------------------------------------------------- timing
@@ -338,6 +345,7 @@ def parse_args(argv=None):
     ap.add_argument("--smoke", action="store_true", help="tiny random model, tiny sizes, output in a temp folder")
     ap.add_argument("--out", default=None)
     ap.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--add-peak", default=None, metavar="JSON", help="only add the peak fractions to a finished result file")
     args = ap.parse_args(argv)
     if args.smoke:
         args.model, args.context, args.decode_tokens, args.repeats, args.warmup = "tiny-llama", 64, 4, 1, 1
@@ -384,14 +392,52 @@ def phase(phases: dict, name: str):
 def describe(layout, rec, removed, model, context: int) -> dict:
     return {"n_heads_removed": 0 if rec is None else rec.n_removed,
             "kv_heads_removed": layout.n_layers * layout.n_kv_heads - sum(kept_kv_heads(layout, rec)),
-            "kv_heads_cached": sum(cached_kv_heads(layout, rec)),
+            "kv_heads_cached": sum(cached_kv_heads(model, layout)),
             "uneven_layers": 0 if rec is None else sum(not rec.cut(l).is_even() for l in range(layout.n_layers)),
             "removed_heads": {str(l): h for l, h in (removed or {}).items()},
             "kv_bytes_per_token": kv_bytes(model, layout, rec, batch=2, tokens=min(64, context))}
 
 
+def add_peak_fraction(result: dict, models: dict, layout, threads: int) -> None:
+    """Share of the machine's measured fp32 matmul peak reached by prefill and decode (analytic
+    FLOPs, prune/cost.py): prefill = analytic(C) per C tokens; one decode token at context C costs
+    analytic(C + 1) − analytic(C) (its projections, MLP and LM head, and attention over C keys)."""
+    from headgame.prune.cost import analytic_flops
+    from headgame.system import matmul_peak
+
+    peak = matmul_peak("cpu", "float32", threads)
+    ctx = result["settings"]["context"]
+    for name, v in result["variants"].items():
+        total = lambda t: analytic_flops(models[name], layout, t)["total"]  # noqa: E731
+        per_prefill_token = total(ctx) / ctx
+        per_decode_token = total(ctx + 1) - total(ctx)
+        out = {"prefill": per_prefill_token * v["prefill"]["tokens_per_s"] / peak["flops_per_s"]}
+        for b, d in v.get("decode", {}).items():
+            out[f"decode_{b}"] = per_decode_token * d["tokens_per_s"] / peak["flops_per_s"]
+        v["fraction_of_peak"] = out
+    result["peak"] = peak
+    result["notes"]["fraction_of_peak"] = ("analytic FLOPs per second over the measured fp32 matmul peak of the same threads "
+                                           "(headgame.system.matmul_peak); decode is memory-bound, so its share is small")
+
+
+def _add_peak_to(path: str, threads: int) -> None:
+    from headgame.models.surgery import pruned_copy
+
+    result = json.loads(Path(path).read_text())
+    torch.set_num_threads(threads)
+    model, _, layout = get_model(result["model"], result.get("smoke", False))
+    models = {n: model if not v["removed_heads"] else pruned_copy(model, layout, {int(l): h for l, h in v["removed_heads"].items()})[0]
+              for n, v in result["variants"].items()}
+    add_peak_fraction(result, models, layout, threads)
+    write_atomic(Path(path), result)
+    print({n: {k: round(x, 3) for k, x in v["fraction_of_peak"].items()} for n, v in result["variants"].items()})
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.add_peak:
+        _add_peak_to(args.add_peak, args.threads)
+        return
     if args.memory_worker:
         print(json.dumps(memory_worker(json.loads(args.memory_worker))))
         return
@@ -464,6 +510,7 @@ def main(argv=None) -> None:
         "seconds": time.perf_counter() - t_start,
         "phase_seconds": phases,
     }
+    add_peak_fraction(result, models, layout, args.threads)
     write_atomic(Path(args.out), result)
     print(f"wrote {args.out} in {result['seconds']:.1f}s", flush=True)
 

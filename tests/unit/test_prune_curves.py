@@ -199,3 +199,43 @@ def test_item6_information_criteria_run_side_by_side(tmp_path, files):  # noqa: 
         assert total >= 0
     # Chao–Shen entropies are ≥ plug-in ones, so the two rankings need not agree, but both are finite
     assert all(np.isfinite(float(r["fep-cs"])) and np.isfinite(float(r["fep-mm"])) for r in rows)
+
+
+def test_mlm_proxy_pseudo_perplexity_by_hand():
+    """An encoder without an MLM head: --mlm-proxy scores masked tokens through h·Eᵀ."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+    from transformers import BertConfig, BertModel
+
+    from headgame.data.texts import Sequences
+    from headgame.measure.perplexity import EvalSet, perplexity
+    from headgame.models.layout import HeadLayout
+    from headgame.models.tiny import byte_tokenizer
+
+    tok = byte_tokenizer()
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, max_position_embeddings=64, pad_token_id=tok.pad_token_id)).eval()
+    layout = HeadLayout.from_model(model)
+    ids = torch.randint(10, len(tok) - 10, (2, 12))
+    mask = torch.ones_like(ids)
+    es = EvalSet("wikitext2", "test", Sequences(ids, mask, int(mask.sum()), 2, "t"))
+    assert perplexity(model, layout, tok, es, seeds=1)["available"] is False
+    got = perplexity(model, layout, tok, es, seeds=1, batch_size=2, mlm_proxy=True)
+    assert got["available"] and "tied-embedding proxy" in got["kind"]
+    # by hand: the first seed's draw of the one batch (seed 1000·0 + 0), 15 % of the non-special tokens
+    special = set(tok.all_special_ids)
+    valid = torch.ones_like(ids, dtype=torch.bool)
+    for sid in special:
+        valid &= ids != sid
+    chosen = valid & (torch.rand(ids.shape, generator=torch.Generator().manual_seed(0)) < 0.15)
+    if not chosen.any():
+        first = valid.nonzero()[:1]
+        chosen[first[:, 0], first[:, 1]] = True
+    with torch.no_grad():
+        hidden = model(input_ids=ids.masked_fill(chosen, tok.mask_token_id), attention_mask=mask).last_hidden_state
+        logits = hidden @ model.embeddings.word_embeddings.weight.t()
+    nll = F.cross_entropy(logits[chosen], ids[chosen], reduction="mean")
+    assert got["ppl"] == pytest.approx(math.exp(float(nll)), rel=1e-5)

@@ -73,8 +73,11 @@ def has_mlm_head(model: nn.Module) -> bool:
 
 @torch.no_grad()
 def perplexity(model: nn.Module, layout: HeadLayout, tokenizer: Any, evalset: EvalSet, *, batch_size: int = 4,
-               seeds: int = PSEUDO_SEEDS) -> dict[str, Any]:
-    """Perplexity (causal) or pseudo-perplexity (BERT with an MLM head) of ``model`` on ``evalset``."""
+               seeds: int = PSEUDO_SEEDS, mlm_proxy: bool = False) -> dict[str, Any]:
+    """Perplexity (causal) or pseudo-perplexity (BERT with an MLM head) of ``model`` on ``evalset``.
+
+    ``mlm_proxy``: an encoder without an MLM head gets the pseudo-perplexity of the tied-embedding
+    proxy h·Eᵀ (models/objective.py), labelled as such, instead of none."""
     total, n = 0.0, 0
     if layout.causal:
         for ids, mask in sequence_batches(evalset.seqs, batch_size):
@@ -83,7 +86,7 @@ def perplexity(model: nn.Module, layout: HeadLayout, tokenizer: Any, evalset: Ev
             n += out.n_targets
         kind = "perplexity"
     else:
-        if not has_mlm_head(model):
+        if not has_mlm_head(model) and not mlm_proxy:
             return {"available": False, "kind": "pseudo-perplexity",
                     "reason": "the checkpoint has no masked-LM head, so no (pseudo-)perplexity is defined; see the dividends"}
         mask_id = getattr(tokenizer, "mask_token_id", None)
@@ -96,7 +99,8 @@ def perplexity(model: nn.Module, layout: HeadLayout, tokenizer: Any, evalset: Ev
                 out = masked_lm_loss(model, ids, mask, mask_token_id=mask_id, special_ids=special, generator=gen)
                 total += float(out.loss)
                 n += out.n_targets
-        kind = f"pseudo-perplexity (15% masking, {seeds} seeds)"
+        kind = f"pseudo-perplexity (15% masking, {seeds} seeds)" if has_mlm_head(model) else (
+            f"pseudo-perplexity of the tied-embedding proxy h·Eᵀ (no MLM head; 15% masking, {seeds} seeds)")
     nll = total / max(n, 1)
     if not math.isfinite(nll):
         raise HeadgameError("non-finite loss while scoring perplexity; run in --dtype float32")

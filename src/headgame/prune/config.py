@@ -72,6 +72,8 @@ class PruneConfig(ConfigMixin):
     """Maximum tokens of one GSM8K text."""
     wikitext_window: int = 512
     """Non-overlapping WikiText window length."""
+    mlm_proxy: bool = False
+    """Encoders without an MLM head (MiniLM): pseudo-perplexity through the tied word embeddings h·Eᵀ, labelled a proxy (else none)."""
     pseudo_ppl_seeds: int = 5
     """Maskings of the BERT pseudo-perplexity."""
     flops_seq_len: int = 256

@@ -30,7 +30,7 @@ def heal_and_measure(cfg: Any, out: Path, pruned_dir: str, pruned_key: str, eval
                        seq_len=cfg.seq_len, batch_size=cfg.batch_size, device=cfg.device)
         loaded = place(load_model(str(where / "model"), dtype=cfg.dtype), resolve_device(cfg.device))
         measured = {es.name: perplexity(loaded.model, loaded.layout, loaded.tokenizer, es, batch_size=cfg.batch_size,
-                                        seeds=cfg.pseudo_ppl_seeds) for es in evalsets}
+                                        seeds=cfg.pseudo_ppl_seeds, mlm_proxy=cfg.mlm_proxy) for es in evalsets}
         result[label] = {"summary": summary, "model": str(where / "model"), "perplexity": measured}
     recovery: dict[str, Any] = {}
     for es in evalsets:

@@ -186,16 +186,17 @@ def _prune(cfg: PruneConfig, loaded: Any, t_start: float, *, resume: bool = Fals
             t0 = time.perf_counter()
             sym = collect_symbols(model, layout, score_seqs.input_ids, score_seqs.attention_mask, alphabet=cfg.alphabet,
                                   batch_size=cfg.batch_size, on_batch=lambda d, t: step("discretise", d, t))
-            timing["fep_analysis_s"] = timing.get("fep_analysis_s", 0.0) + time.perf_counter() - t0
+            timing["discretise_s"] = timing.get("discretise_s", 0.0) + time.perf_counter() - t0
             notes["fep_analysis"] = f"{sym.n_obs} observations per layer from {score_seqs.n_sequences} sequences of {source}"
             return sym
 
         def info(estimator: str) -> dict:
+            symbols = ctx.symbols()  # timed as discretise_s
             t0 = time.perf_counter()
             est = "miller-madow" if estimator == "plugin" and cfg.miller_madow else estimator
             opts = InfoOptions(estimator=est, bootstrap=0, seed=cfg.seed, mcmc_steps=0)
-            infos = _analyse(ctx.symbols(), opts, removed, lambda l: step(f"dividends ({est})", l + 1, layout.n_layers))
-            timing["fep_analysis_s"] = timing.get("fep_analysis_s", 0.0) + time.perf_counter() - t0
+            infos = _analyse(symbols, opts, removed, lambda l: step(f"dividends ({est})", l + 1, layout.n_layers))
+            timing["dividends_s"] = timing.get("dividends_s", 0.0) + time.perf_counter() - t0
             return infos
 
         ctx.symbols_provider, ctx.info_provider = symbols, info
@@ -217,9 +218,9 @@ def _prune(cfg: PruneConfig, loaded: Any, t_start: float, *, resume: bool = Fals
             (n_total + 1) * loss_seqs.n_tokens if c.name == "ablation" else 3 * loss_seqs.n_tokens if c.name in ("michel", "coupling")
             else 1.3 * loss_seqs.n_tokens if c.name == "attention-entropy" else 0 for c in crits)
         n_steps = len(plan.iterative_counts(fractions, n_total, layout.n_layers, cfg.iterative_step)) if cfg.iterative_step else 1
-        stages.start("scoring", f"{', '.join(names)} on {'' if score_seqs is None else f'{score_seqs.n_tokens:,} tokens (information), '}"
-                     f"{'' if loss_seqs is None else f'{loss_seqs.n_tokens:,} tokens (model-based)'}"
-                     + (f", {n_steps} iterative steps" if n_steps > 1 else ""),
+        texts = ([f"{score_seqs.n_tokens:,} tokens (information)"] if score_seqs is not None else []) + (
+            [f"{loss_seqs.n_tokens:,} tokens (model-based)"] if loss_seqs is not None else [])
+        stages.start("scoring", f"{', '.join(names)} on {' and '.join(texts)}" + (f", {n_steps} iterative steps" if n_steps > 1 else ""),
                      score_work * n_steps, extra=" + the dividends of every layer" if needs_info else "")
         for crit in crits:
             for s in (random_seeds if crit.name == "random" else [cfg.seed]):
@@ -263,7 +264,8 @@ def _prune(cfg: PruneConfig, loaded: Any, t_start: float, *, resume: bool = Fals
             for i, (name, m) in enumerate(models.items()):
                 step(f"perplexity {es.name}", i, len(models), label=f"measuring {shown[name]} · perplexity {es.name}")
                 if es.name not in ppl[name]:
-                    ppl[name][es.name] = perplexity(m, layout, tok, es, batch_size=cfg.batch_size, seeds=cfg.pseudo_ppl_seeds)
+                    ppl[name][es.name] = perplexity(m, layout, tok, es, batch_size=cfg.batch_size, seeds=cfg.pseudo_ppl_seeds,
+                                                    mlm_proxy=cfg.mlm_proxy)
                     state.ppl = ppl
                     state.save(ctx.cache, notes)
                 last = ppl[name][es.name].get("ppl")
