@@ -132,3 +132,29 @@ def test_bad_pruning_requests():
         prune_heads(model, layout, {1: [0]})
     with pytest.raises(HeadgameError, match="no headgame_pruning.json|holds no"):
         load_pruned(".")
+
+
+def test_uneven_layer_decode_reads_kv_in_place_and_equals_the_gated_model():
+    """Uneven layers attend per KV head (one SDPA call per run of query heads): prefill with
+    padding, and token-by-token decoding from the cache, equal the gated unpruned model."""
+    from headgame.models.families.kvgather import _spans
+
+    assert _spans(torch.tensor([0, 0, 1])) == [(0, 0, 2), (1, 2, 3)]
+    assert _spans(torch.tensor([0, 1, 0])) is None  # not contiguous: falls back to the gather
+    model, _, layout = load_model("tiny-llama")
+    removed = {0: [1], 1: [0, 1]}  # layer 0 keeps 1 + 2 heads over its 2 KV heads: uneven
+    pruned, _ = pruned_copy(model, layout, removed)
+    ids = torch.randint(5, 200, (2, 12), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    with torch.no_grad(), HeadTap(model, layout, gates=zero_gates(layout, removed)):
+        gated = model(input_ids=ids, attention_mask=mask).logits
+    with torch.no_grad():
+        full = pruned(input_ids=ids, attention_mask=mask).logits
+        torch.testing.assert_close(full[mask.bool()], gated[mask.bool()], atol=1e-5, rtol=0)
+        out = pruned(input_ids=ids[:, :8], attention_mask=mask[:, :8], use_cache=True)
+        cache = out.past_key_values
+        for t in range(8, 12):  # one token at a time from the cache
+            out = pruned(input_ids=ids[:, t:t + 1], attention_mask=mask[:, :t + 1], past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            torch.testing.assert_close(out.logits[:, -1], gated[:, t], atol=1e-5, rtol=0)
