@@ -158,3 +158,13 @@ def test_uneven_layer_decode_reads_kv_in_place_and_equals_the_gated_model():
             out = pruned(input_ids=ids[:, t:t + 1], attention_mask=mask[:, :t + 1], past_key_values=cache, use_cache=True)
             cache = out.past_key_values
             torch.testing.assert_close(out.logits[:, -1], gated[:, t], atol=1e-5, rtol=0)
+
+
+def test_head_taps_refuse_unevenly_pruned_layers_by_name():
+    model, _, layout = load_model("tiny-llama")
+    pruned, _ = pruned_copy(model, layout, {1: [0]})  # layer 0 keeps all 4 heads, layer 1 keeps 3
+    with pytest.raises(HeadgameError, match=r"layer\(s\) 1 .*--layers 0 "):
+        HeadTap(pruned, layout, outputs=True)
+    with HeadTap(pruned, layout, [0], outputs=True) as tap, torch.no_grad():  # the full layer can be tapped
+        pruned(input_ids=torch.tensor([[5, 6, 7]]))
+    assert tap.outputs[0].shape == (1, 3, 4, 16)

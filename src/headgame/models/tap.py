@@ -151,6 +151,7 @@ class HeadTap:
                     f"gate for layer {layer} has {gate.numel()} entries but the layer has "
                     f"{layout.n_heads} heads; pass one gate value per query head"
                 )
+        self._check_head_counts(model, layout)
         self.on_output = on_output
         self.on_grad = on_grad
         self.on_attention = on_attention
@@ -166,6 +167,25 @@ class HeadTap:
         self.inputs: dict[int, torch.Tensor] = {}
         self._handles: list[Any] = []
         self._eager: contextlib.AbstractContextManager | None = None
+
+    def _check_head_counts(self, model: nn.Module, layout: HeadLayout) -> None:
+        """An unevenly pruned model keeps fewer heads in some layers than its config names; the
+        taps read [B, T, H, dh] with one H per model, so such layers are refused by name."""
+        from headgame.models.surgery import pruning_record
+
+        rec = pruning_record(unwrap_peft(model))
+        if rec is None or rec.is_uniform():
+            return
+        counts = rec.heads_per_layer()
+        short = [l for l in sorted(set(self.layers) | set(self.gates)) if counts[l] != layout.n_heads]
+        if short:
+            full = [l for l, c in enumerate(counts) if c == layout.n_heads]
+            where = f"--layers {','.join(map(str, full))} (the layers that kept every head), " if full else ""
+            raise HeadgameError(
+                f"layer(s) {','.join(map(str, short))} of this pruned model keep fewer than {layout.n_heads} query heads, and "
+                f"head taps read one head count per model; use {where}the unpruned model, or a model pruned with "
+                "--per-layer --selection group (the same whole groups in every layer)"
+            )
 
     # ----------------------------------------------------------------- lifecycle
     def __enter__(self) -> "HeadTap":
