@@ -9,6 +9,7 @@ results can be committed as stages finish and a run continues on another machine
 
     HEADGAME_DATA_DIR=../shared/data python benchmarks/prune_curves.py --models smollm2-135m --threads 2
     python benchmarks/prune_curves.py --report          # benchmarks/results/prune_curves.json from the finished stages
+    python benchmarks/prune_curves.py --save-partial    # an unfinished stage's checkpoint into the repository
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ COMMON = ["--fractions", FRACTIONS, "--fraction", "0.2", "--compare-criteria", "
           "--throughput-batch", "4", "--ppl-max-tokens", "4096", "--no-save-model", "--no-progress"]
 # MiniLM has no MLM head: the tied-embedding proxy, labelled as such; 2 maskings (5 took 35 min of 60 models)
 EXTRA = {"minilm-l6": ["--mlm-proxy", "--pseudo-ppl-seeds", "2"]}
+PARTIAL = (".prune-state.safetensors", ".headgame-run.json")  # an unfinished stage's checkpoint (scores, perplexities; small)
 KEEP = ("curves.json", "curves.png", "pruning.json", "pruning_table.md", "head_scores.csv", "config.yaml")
 
 
@@ -43,6 +45,12 @@ def run_one(model: str, work: Path, threads: int) -> None:
         print(f"{model}: done, skipped", flush=True)
         return
     out = work / model
+    partial = done / "partial"
+    if not (out / PARTIAL[0]).exists() and (partial / PARTIAL[0]).exists():  # continue on another machine
+        out.mkdir(parents=True, exist_ok=True)
+        for f in PARTIAL:
+            shutil.copy2(partial / f, out / f)
+        print(f"{model}: continuing from the committed checkpoint {partial}", flush=True)
     resume = (out / ".prune-state.safetensors").exists()
     cmd = [str(Path(sys.executable).parent / "headgame"), "prune", "--model", model, "--criteria", CRITERIA[model], *COMMON, *EXTRA.get(model, []),
            "--threads", str(threads)]
@@ -56,8 +64,21 @@ def run_one(model: str, work: Path, threads: int) -> None:
     for f in KEEP:
         if (out / f).exists():
             shutil.copy2(out / f, done / f)
+    shutil.rmtree(partial, ignore_errors=True)
     (done / "wall_seconds.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
     print(f"{model}: finished in {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+def save_partial(models: list[str], work: Path) -> None:
+    """Copy each unfinished stage's checkpoint into the repository, so another machine continues it."""
+    for model in models:
+        src = work / model
+        if (src / PARTIAL[0]).exists() and not (RESULTS / model / "curves.json").exists():
+            dst = RESULTS / model / "partial"
+            dst.mkdir(parents=True, exist_ok=True)
+            for f in PARTIAL:
+                shutil.copy2(src / f, dst / f)
+            print(f"{model}: checkpoint saved to {dst}")
 
 
 def report() -> dict:
@@ -80,9 +101,14 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default=os.environ.get("HEADGAME_BENCH_WORK", str(Path.home() / ".cache" / "headgame" / "prune-curves")))
     ap.add_argument("--report", action="store_true", help="only (re)write the report from the finished stages")
+    ap.add_argument("--save-partial", action="store_true", help="only copy unfinished stages' checkpoints into benchmarks/results")
     args = ap.parse_args()
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if args.save_partial:
+        save_partial(models, Path(args.work))
+        return 0
     if not args.report:
-        for model in [m.strip() for m in args.models.split(",") if m.strip()]:
+        for model in models:
             if model not in CRITERIA:
                 raise SystemExit(f"error: no curve settings for {model}; choose from {', '.join(CRITERIA)}")
             run_one(model, Path(args.work), args.threads)
