@@ -192,3 +192,14 @@ def test_train_refuses_game_lora_at_an_unevenly_pruned_design_layer(root, tmp_pa
     """With design layers given, heal leaves the check to headgame train, which names the fix too."""
     with pytest.raises(HeadgameError, match="use --method ce"):
         run(root, "uneven", tmp_path / "g", method="game-lora", extra_train={"val_every": 0, "design_layers": [1]})
+
+
+def test_analyze_loads_the_healed_unevenly_pruned_folder(root, healed, tmp_path):
+    """Each layer is its own game with the heads it kept (layer 1: 3 of 4, unevenly over the groups)."""
+    import headgame
+
+    out, _ = healed
+    res = headgame.analyze(model=str(out / "model"), data=str(root / "corpus.txt"), max_tokens=128, seq_len=32, batch_size=2,
+                           redundancy=False, device="cpu", out=str(tmp_path / "a"))
+    assert [len(l["G"]) for l in res.data["layers"]] == [2, 3]
+    assert [l["heads"] for l in res.data["layers"]] == [[2, 3], [0, 1, 2]]

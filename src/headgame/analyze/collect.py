@@ -16,8 +16,9 @@ from headgame.game.coalitions import find_coalitions, selective_coordination
 from headgame.game.coupling import GradientGram, gamma, interaction_matrix, poa_proxy, weight_coupling
 from headgame.game.losses import log_det_barrier
 from headgame.game.redundancy import OutputMoments, cross_correlation, redundancy_stats
-from headgame.models.layout import HeadLayout
+from headgame.models.layout import HeadLayout, unwrap_peft
 from headgame.models.objective import Objective
+from headgame.models.surgery import pruning_record
 from headgame.models.tap import HeadTap, activation_gradients
 
 
@@ -30,8 +31,10 @@ class CouplingCollector:
 
     def __init__(self, model, layout: HeadLayout, objective: Objective, layers: list[int], *, redundancy: bool) -> None:
         self.model, self.layout, self.objective, self.layers = model, layout, objective, layers
-        self.grams = {l: GradientGram(layout.n_heads, layout.head_dim) for l in layers}
-        self.moments = {l: OutputMoments(layout.n_heads, layout.head_dim) for l in layers} if redundancy else {}
+        # an unevenly pruned layer has fewer query heads than the config names: each its own game
+        self.n_heads = {l: layout.heads_in(model, l) for l in layers}
+        self.grams = {l: self._gram(l) for l in layers}
+        self.moments = {l: self._moments(l) for l in layers} if redundancy else {}
         self.n_batches = 0
         self.n_targets = 0
         self._omega: dict[int, torch.Tensor] | None = None
@@ -41,7 +44,14 @@ class CouplingCollector:
             model, layout, layers,
             on_grad=lambda l, g: self.grams[l].update(g),
             on_output=(lambda l, o: self.moments[l].update(o)) if redundancy else None,
+            per_layer_heads=True,
         )
+
+    def _gram(self, layer: int) -> GradientGram:
+        return GradientGram(self.n_heads[layer], self.layout.head_dim)
+
+    def _moments(self, layer: int) -> OutputMoments:
+        return OutputMoments(self.n_heads[layer], self.layout.head_dim)
 
     def __enter__(self) -> "CouplingCollector":
         self._scope.__enter__()
@@ -107,32 +117,31 @@ class CouplingCollector:
         self.n_batches = sum(s["n_batches"] for s in states)
         self.n_targets = sum(s["n_targets"] for s in states)
         self.loss_sum = sum(s["loss_sum"] for s in states)
-        for l in self.layers:
-            self.grams[l] = GradientGram(self.layout.n_heads, self.layout.head_dim)
-            for s in states:
-                part = GradientGram(self.layout.n_heads, self.layout.head_dim)
-                part.load_state_dict(s["grams"][l])
-                self.grams[l].merge(part)
-        for l in self.moments:
-            self.moments[l] = OutputMoments(self.layout.n_heads, self.layout.head_dim)
-            for s in states:
-                part = OutputMoments(self.layout.n_heads, self.layout.head_dim)
-                part.load_state_dict(s["moments"][l])
-                self.moments[l].merge(part)
+        for accs, key, make in ((self.grams, "grams", self._gram), (self.moments, "moments", self._moments)):
+            for l in list(accs):
+                accs[l] = make(l)
+                for s in states:
+                    part = make(l)
+                    part.load_state_dict(s[key][l])
+                    accs[l].merge(part)
 
     def layer_results(self, seed: int = 0) -> list[dict[str, Any]]:
         """Every layer's statistics, computed on the CPU in float64 from copies of the accumulators
         (which stay on the model's device during the run)."""
-        return [
-            analyse_layer(
+        rec = pruning_record(unwrap_peft(self.model))
+        results = []
+        for l in self.layers:
+            res = analyse_layer(
                 layer=l,
                 w_o=self.layout.head_slices(self.model, l).detach().cpu(),
-                gram=_on_cpu(self.grams[l], GradientGram(self.layout.n_heads, self.layout.head_dim)),
-                moments=_on_cpu(self.moments[l], OutputMoments(self.layout.n_heads, self.layout.head_dim)) if l in self.moments else None,
+                gram=_on_cpu(self.grams[l], self._gram(l)),
+                moments=_on_cpu(self.moments[l], self._moments(l)) if l in self.moments else None,
                 seed=seed,
             )
-            for l in self.layers
-        ]
+            if rec is not None:  # row i of G is the unpruned model's head heads[i]
+                res["heads"] = rec.kept(l)
+            results.append(res)
+        return results
 
 
 def _on_cpu(acc: Any, empty: Any) -> Any:

@@ -158,10 +158,18 @@ class HeadLayout:
 
     def head_slices(self, model: "nn.Module", layer: int) -> "torch.Tensor":
         """W_O^(i) for every query head, shape [H, d_model, dh] (docs/formulas.md#head-slices)."""
-        weight = self.o_proj_weight(model, layer)  # [d, H*dh]
+        weight = self.o_proj_weight(model, layer)  # [d, H_l*dh]; H_l < H in an unevenly pruned layer
         d = weight.shape[0]
-        # [d, H*dh] -> [d, H, dh] -> [H, d, dh]
-        return weight.reshape(d, self.n_heads, self.head_dim).permute(1, 0, 2)
+        # [d, H_l*dh] -> [d, H_l, dh] -> [H_l, d, dh]
+        return weight.reshape(d, weight.shape[1] // self.head_dim, self.head_dim).permute(1, 0, 2)
+
+    def heads_in(self, model: "nn.Module", layer: int) -> int:
+        """Query heads ``layer`` of ``model`` actually has: ``n_heads`` unless an uneven pruning
+        cut it (then the config still names the unpruned count)."""
+        mod = self.o_proj(model, layer)
+        weight = getattr(mod, "base_layer", mod).weight
+        width = weight.shape[0] if self.o_proj_kind == "conv1d" else weight.shape[1]
+        return int(width) // self.head_dim
 
     def describe(self) -> dict:
         return {

@@ -120,6 +120,9 @@ class HeadTap:
             the layer, [B, T, d]) is kept in ``self.block_inputs[layer]``: every trainable
             parameter below the layer reaches the loss only through it (the cut of the
             representation-space Nash-MTL, train/repnash.py).
+        per_layer_heads: read each layer's own query-head count (``self.n_heads[layer]``), so an
+            unevenly pruned layer is tapped as [B, T, H_l, dh]; callers that stack layers need one
+            H and leave this off, and then such layers are refused by name.
     """
 
     def __init__(
@@ -137,6 +140,7 @@ class HeadTap:
         on_attention: TokenCallback | None = None,
         keep_graph: bool = False,
         block_inputs: Iterable[int] = (),
+        per_layer_heads: bool = False,
     ) -> None:
         self.model = model
         self.layout = layout
@@ -145,13 +149,17 @@ class HeadTap:
         self.keep_grads = grads
         self.want_argmax = argmax
         self.gates = {layout.check_layer(int(k)): v for k, v in (gates or {}).items()}
+        if per_layer_heads:
+            self.n_heads = {l: layout.heads_in(model, l) for l in sorted(set(self.layers) | set(self.gates))}
+        else:
+            self._check_head_counts(model, layout)
+            self.n_heads = {l: layout.n_heads for l in sorted(set(self.layers) | set(self.gates))}
         for layer, gate in self.gates.items():
-            if gate.numel() != layout.n_heads:
+            if gate.numel() != self.n_heads[layer]:
                 raise HeadgameError(
                     f"gate for layer {layer} has {gate.numel()} entries but the layer has "
-                    f"{layout.n_heads} heads; pass one gate value per query head"
+                    f"{self.n_heads[layer]} heads; pass one gate value per query head"
                 )
-        self._check_head_counts(model, layout)
         self.on_output = on_output
         self.on_grad = on_grad
         self.on_attention = on_attention
@@ -249,7 +257,7 @@ class HeadTap:
         return x[self.mask.to(x.device)]
 
     def _make_pre_hook(self, layer: int):
-        n_heads, head_dim = self.layout.n_heads, self.layout.head_dim
+        n_heads, head_dim = self.n_heads[layer], self.layout.head_dim
         gate = self.gates.get(layer)
 
         def pre_hook(module: nn.Module, args: tuple):
@@ -292,7 +300,7 @@ class HeadTap:
         return block_hook
 
     def _make_grad_hook(self, layer: int, bsz: int, seq: int):
-        n_heads, head_dim = self.layout.n_heads, self.layout.head_dim
+        n_heads, head_dim = self.n_heads[layer], self.layout.head_dim
 
         def grad_hook(grad: torch.Tensor) -> None:
             if not self.capture_grads:

@@ -85,13 +85,14 @@ def _coalition_order(layer: Mapping[str, Any], h: int) -> tuple[np.ndarray, np.n
     return order, lab[order].astype(int)
 
 
-def _ticks(ax: Axes, order: np.ndarray, labels: np.ndarray | None) -> None:
+def _ticks(ax: Axes, order: np.ndarray, labels: np.ndarray | None, heads: Sequence[int] | None = None) -> None:
+    """Head ticks; ``heads`` names row i's head in the unpruned model (a pruned layer's G is smaller)."""
     import matplotlib
 
     h = len(order)
     step = max(1, math.ceil(h / 16))  # keep tick labels legible for wide layers
     pos = np.arange(0, h, step)
-    names = [str(int(order[i])) for i in pos]
+    names = [str(int(heads[order[i]] if heads is not None and len(heads) == h else order[i])) for i in pos]
     fs = 8 if h <= 16 else 6.5
     ax.set_xticks(pos, names, fontsize=fs, rotation=90 if h > 12 else 0)
     ax.set_yticks(pos, names, fontsize=fs)
@@ -170,7 +171,7 @@ def plot_interaction_heatmaps(
         if mask_diagonal:
             np.fill_diagonal(shown, np.nan)
         image = ax.imshow(shown, cmap=cmap, vmin=-vmax, vmax=vmax, interpolation="nearest")
-        _ticks(ax, order, labels)
+        _ticks(ax, order, labels, layer.get("heads"))
         sub = f"k = {row.k} · MW p = {fmt_p(row.p)}" if labels is not None else "head index"
         ax.set_xlabel(sub, fontsize=8.5, labelpad=2)
     if image is not None:
