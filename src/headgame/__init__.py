@@ -13,9 +13,9 @@ from __future__ import annotations
 from headgame.version import __version__
 
 __all__ = ["__version__", "HeadgameError", "load_model", "HeadLayout", "HeadTap",
-           "analyze", "train", "evaluate", "fep", "prune", "Result"]
+           "analyze", "train", "evaluate", "fep", "prune", "reproduce", "Result"]
 
-_COMMANDS = ("analyze", "train", "evaluate", "fep", "prune")
+_COMMANDS = ("analyze", "train", "evaluate", "fep", "prune", "reproduce")
 
 
 def __getattr__(name: str):

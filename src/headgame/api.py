@@ -102,7 +102,18 @@ def prune(config: Any = None, /, *, progress: bool = False, resume: Any = None, 
     return Result("prune", cfg, run_prune(cfg, resume=bool(resume), progress=progress, console=_console(progress)))
 
 
-_BY_PACKAGE = {"analyze": analyze, "train": train, "evaluate": evaluate, "fep": fep, "prune": prune}
+def reproduce(config: Any = None, /, *, progress: bool = False, resume: Any = None, **fields: Any) -> Result:
+    """``headgame reproduce``: a paper's stages and report (ReproduceConfig fields); ``data`` is report.json's dict.
+    A rerun always continues (finished stages are reused), so ``resume`` changes nothing."""
+    from headgame.reproduce.config import ReproduceConfig
+    from headgame.reproduce.run import run_reproduce
+
+    cfg = _config(ReproduceConfig, config, fields)
+    return Result("reproduce", cfg, run_reproduce(cfg, progress=progress, console=_console(progress),
+                                                   say=(lambda msg: None) if not progress else None))
+
+
+_BY_PACKAGE = {"analyze": analyze, "train": train, "evaluate": evaluate, "fep": fep, "prune": prune, "reproduce": reproduce}
 
 
 def run_command(package: str, config: Any = None, /, **kwargs: Any) -> Result:

@@ -101,7 +101,8 @@ def _run_models(args: argparse.Namespace) -> int:
 # Subcommands that live in their own package: each module exposes ``register(subparsers)``,
 # which adds its parser and sets ``func`` (a callable taking the parsed args, returning an exit
 # code). One entry per module.
-COMMAND_MODULES: tuple[str, ...] = ("headgame.analyze.command", "headgame.train.command", "headgame.evaluate.command", "headgame.fep.command", "headgame.prune.command")
+COMMAND_MODULES: tuple[str, ...] = ("headgame.analyze.command", "headgame.train.command", "headgame.evaluate.command", "headgame.fep.command", "headgame.prune.command",
+                                     "headgame.reproduce.command")
 
 
 class _Parser(argparse.ArgumentParser):

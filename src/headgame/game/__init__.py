@@ -21,6 +21,8 @@ _EXPORTS: dict[str, str] = {
     "gamma_rms": "coupling",
     "gamma_abs": "coupling",
     "poa_proxy": "coupling",
+    # the PoA bound with measured constants (docs/formulas.md#poa-bound)
+    "poa_bound": "poa",
     # losses (docs/formulas.md#training-objective)
     "PairWeighting": "losses",
     "log_det_barrier": "losses",

@@ -9,7 +9,9 @@
 * :mod:`~headgame.measure.select`: a pruning budget (share of heads, global or per layer) →
   the heads to prune;
 * :mod:`~headgame.measure.perplexity`: perplexity sets (GSM8K, WikiText-2) and (pseudo-)
-  perplexity of a model.
+  perplexity of a model;
+* :mod:`~headgame.measure.curvature`: the Hessian spectrum of the loss in a layer's head outputs
+  (L and α of the PoA bound), by Hessian-vector products.
 
 Layering: commands (fep, prune, …) → measure → models, data, info. Submodules are imported
 on use.
