@@ -107,6 +107,9 @@ GAME_LORA: dict[str, GameLoraPreset] = {
             "seed 42, MMLU 5-shot, the Γ set 64 × 1024 tokens"),
 }
 
+MINILM_PROXY = {"prune": {"mlm_proxy": True, "pseudo_ppl_seeds": 2}}
+"""all-MiniLM-L6-v2 ships no MLM head: its pruning curves use the tied-embedding proxy (labelled so)."""
+
 GT_FEP: dict[str, GtFepPreset] = {
     "tiny": GtFepPreset(
         "tiny", ("tiny-llama", "tiny-bert"), (0.25, 0.5), ("fep", "gtfep-authors", "random", "ablation", "michel"),
@@ -115,14 +118,15 @@ GT_FEP: dict[str, GtFepPreset] = {
     "cpu": GtFepPreset(
         "cpu", ("smollm2-135m", "minilm-l6", "gemma3-270m"), (0.05, 0.1, 0.2, 0.3, 0.4),
         ("fep", "gtfep-authors", "random", "ablation", "michel"), random_seeds=3, fep_tokens=16_384, seq_len=128,
-        ppl_tokens=4096, heal_tokens=200_000,
+        ppl_tokens=4096, heal_tokens=200_000, extra=dict(MINILM_PROXY),
         why="the three packaged models; the criteria the paper and its authors' code name, with random over 3 seeds; "
-            "4,096 perplexity tokens per set; healing on 200k tokens at 20 % on SmolLM2"),
+            "4,096 perplexity tokens per set (MiniLM, which has no MLM head: the tied-embedding pseudo-perplexity "
+            "proxy, 2 maskings); healing on 200k tokens at 20 % of the causal models"),
     "cpu-full": GtFepPreset(
         "cpu-full", ("smollm2-135m", "minilm-l6", "gemma3-270m"), (0.05, 0.1, 0.2, 0.3, 0.4),
         ("fep", "gtfep-authors", "random", "ablation", "michel", "attention-entropy", "fep-mm", "fep-cs", "fep-layer",
          "shapley-exact"), random_seeds=3, fep_tokens=16_384, seq_len=128, ppl_tokens=4096, heal_tokens=200_000,
-        why="the cpu preset with every criterion headgame has"),
+        extra=dict(MINILM_PROXY), why="the cpu preset with every criterion headgame has"),
     "gpu": GtFepPreset(
         "gpu", ("smollm2-135m", "minilm-l6", "gemma3-270m"), (0.05, 0.1, 0.2, 0.3, 0.4),
         ("fep", "gtfep-authors", "random", "ablation", "michel", "attention-entropy", "fep-mm", "fep-cs", "fep-layer",
