@@ -79,18 +79,25 @@ def select_heads(key: np.ndarray, fraction: float, *, per_layer: bool = False, r
                 chosen[l] = sorted(int(h) for h in order[:k])
         return chosen
     flat = [(float(key[l, h]), l, h) for l in range(n_layers) for h in range(n_heads)]
-    flat.sort()
-    left = {l: n_heads for l in range(n_layers)}
-    need = counts
-    for _, l, h in flat:
+    chosen, _ = greedy_keep_one(flat, {l: n_heads for l in range(n_layers)}, counts)
+    return {l: sorted(v) for l, v in sorted(chosen.items())}
+
+
+def greedy_keep_one(items: list[tuple[float, int, int]], left: dict[int, int], need: int,
+                    chosen: dict[int, list[int]] | None = None) -> tuple[dict[int, list[int]], int]:
+    """Take ``need`` of ``items`` = (key, layer, unit) in ascending (key, layer, unit) order, skipping
+    a unit whose layer has only one left (``left``: units each layer still has; updated); returns
+    ``({layer: [units]}, how many could not be taken)``. Every layer keeps at least one unit."""
+    chosen = {} if chosen is None else chosen
+    for _, l, u in sorted(items):
         if need == 0:
             break
-        if left[l] <= 1:  # keep at least one head per layer
+        if left[l] <= 1:
             continue
-        chosen.setdefault(l, []).append(h)
+        chosen.setdefault(l, []).append(u)
         left[l] -= 1
         need -= 1
-    return {l: sorted(v) for l, v in sorted(chosen.items())}
+    return chosen, need
 
 
 SELECTIONS = ("head", "group")
@@ -152,17 +159,8 @@ def select_groups(key: np.ndarray, fraction: float, group_size: int, *, per_laye
         )
     # Greedy over the ascending keys is optimal here: "at most G-1 groups per layer" is a
     # partition matroid, and a matroid's greedy pick of k elements has the least total weight.
-    flat = sorted((float(gkey[l, q]), l, q) for l in range(n_layers) for q in range(n_groups))
-    left = {l: n_groups for l in range(n_layers)}
-    picked: dict[int, list[int]] = {}
-    for _, l, q in flat:
-        if need == 0:
-            break
-        if left[l] <= 1:
-            continue
-        picked.setdefault(l, []).append(q)
-        left[l] -= 1
-        need -= 1
+    flat = [(float(gkey[l, q]), l, q) for l in range(n_layers) for q in range(n_groups)]
+    picked, _ = greedy_keep_one(flat, {l: n_groups for l in range(n_layers)}, need)
     return {l: heads_of(v) for l, v in sorted(picked.items())}
 
 

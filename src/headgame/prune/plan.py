@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from headgame.errors import HeadgameError
-from headgame.measure.select import budget, round_half_up, select
+from headgame.measure.select import budget, greedy_keep_one, round_half_up, select
 
 Removed = dict[int, list[int]]
 
@@ -43,15 +43,7 @@ def extend(key: np.ndarray, removed: Removed, n_more: int) -> Removed:
     cand = [(float(key[l, h]), l, h) for l in range(n_layers) for h in range(n_heads) if (l, h) not in gone]
     if any(not np.isfinite(k) for k, _, _ in cand):
         raise HeadgameError("head scores contain NaN or infinity; rerun the scoring with more data or another criterion")
-    out = {l: list(hs) for l, hs in removed.items()}
-    for _, l, h in sorted(cand):
-        if n_more == 0:
-            break
-        if left[l] <= 1:
-            continue
-        out.setdefault(l, []).append(h)
-        left[l] -= 1
-        n_more -= 1
+    out, n_more = greedy_keep_one(cand, left, n_more, {l: list(hs) for l, hs in removed.items()})
     if n_more:
         raise HeadgameError("not enough heads left to prune while every layer keeps one; lower the largest fraction")
     return {l: sorted(v) for l, v in sorted(out.items()) if v}
