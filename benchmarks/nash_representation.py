@@ -33,12 +33,12 @@ import argparse
 import json
 import math
 import os
-import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _stages import headgame_bin, run_stage
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "nash_representation"
@@ -63,24 +63,10 @@ def runs() -> dict[str, list[str]]:
 
 
 def run_one(name: str, flags: list[str], work: Path, threads: int) -> None:
-    done = RESULTS / name
-    if (done / "summary.json").exists():
-        print(f"{name}: done, skipped", flush=True)
-        return
     out = work / name
     resume = (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir())
-    cmd = [str(Path(sys.executable).parent / "headgame"), "train", *flags, "--threads", str(threads), "--no-progress"]
-    cmd += ["--resume", str(out)] if resume else ["--out", str(out)]
-    if not resume and out.exists():
-        shutil.rmtree(out)  # a run that died before its first checkpoint: start it again
-    print(f"{name}: {'resuming' if resume else 'starting'}: {' '.join(cmd)}", flush=True)
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True)
-    done.mkdir(parents=True, exist_ok=True)
-    for f in KEEP:
-        shutil.copy2(out / f, done / f)
-    (done / "wall_seconds.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
-    print(f"{name}: finished in {time.perf_counter() - t0:.0f} s", flush=True)
+    run_stage(name, done=RESULTS / name, marker="summary.json", out=out, resume=resume,
+              command=[headgame_bin(), "train", *flags, "--threads", str(threads), "--no-progress"], keep=KEEP)
 
 
 def _records(name: str) -> list[dict]:

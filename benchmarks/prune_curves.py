@@ -18,10 +18,9 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
+
+from _stages import headgame_bin, run_stage
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "prune_curves"
@@ -41,32 +40,17 @@ KEEP = ("curves.json", "curves.png", "pruning.json", "pruning_table.md", "head_s
 
 def run_one(model: str, work: Path, threads: int) -> None:
     done = RESULTS / model
-    if (done / "curves.json").exists():
-        print(f"{model}: done, skipped", flush=True)
-        return
     out = work / model
     partial = done / "partial"
-    if not (out / PARTIAL[0]).exists() and (partial / PARTIAL[0]).exists():  # continue on another machine
-        out.mkdir(parents=True, exist_ok=True)
+    if not (done / "curves.json").exists() and not (out / PARTIAL[0]).exists() and (partial / PARTIAL[0]).exists():
+        out.mkdir(parents=True, exist_ok=True)  # continue on another machine
         for f in PARTIAL:
             shutil.copy2(partial / f, out / f)
         print(f"{model}: continuing from the committed checkpoint {partial}", flush=True)
-    resume = (out / ".prune-state.safetensors").exists()
-    cmd = [str(Path(sys.executable).parent / "headgame"), "prune", "--model", model, "--criteria", CRITERIA[model], *COMMON, *EXTRA.get(model, []),
+    cmd = [headgame_bin(), "prune", "--model", model, "--criteria", CRITERIA[model], *COMMON, *EXTRA.get(model, []),
            "--threads", str(threads)]
-    cmd += ["--resume", str(out)] if resume else ["--out", str(out)]
-    if not resume and out.exists():
-        shutil.rmtree(out)  # died before its first checkpoint: start again
-    print(f"{model}: {'resuming' if resume else 'starting'}: {' '.join(cmd)}", flush=True)
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True)
-    done.mkdir(parents=True, exist_ok=True)
-    for f in KEEP:
-        if (out / f).exists():
-            shutil.copy2(out / f, done / f)
-    shutil.rmtree(partial, ignore_errors=True)
-    (done / "wall_seconds.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
-    print(f"{model}: finished in {time.perf_counter() - t0:.0f} s", flush=True)
+    if run_stage(model, done=done, marker="curves.json", out=out, resume=(out / PARTIAL[0]).exists(), command=cmd, keep=KEEP):
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def save_partial(models: list[str], work: Path) -> None:

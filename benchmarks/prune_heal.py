@@ -15,11 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
+
+from _stages import headgame_bin, run_stage
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "prune_heal"
@@ -28,25 +26,12 @@ COMMON = ["--model", "smollm2-135m", "--criterion", "ablation", "--fraction", "0
 KEEP = ("pruning.json", "config.yaml", "pruning_table.md")
 
 
-def run_stage(name: str, tokens: int, work: Path, threads: int) -> None:
-    done = RESULTS / name
-    if (done / "pruning.json").exists():
-        print(f"{name}: done, skipped", flush=True)
-        return
+def heal_stage(name: str, tokens: int, work: Path, threads: int) -> None:
     out = work / name
-    resume = (out / ".prune-state.safetensors").exists()
-    cmd = [str(Path(sys.executable).parent / "headgame"), "prune", *COMMON, *STAGES[name], "--heal-tokens", str(tokens),
-           "--threads", str(threads)]
-    cmd += ["--resume", str(out)] if resume else ["--out", str(out)]
-    if not resume and out.exists() and not (out / "heal").exists():
-        shutil.rmtree(out)
-    print(f"{name}: {'resuming' if resume else 'starting'}: {' '.join(cmd)}", flush=True)
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True)
-    done.mkdir(parents=True, exist_ok=True)
-    for f in KEEP:
-        shutil.copy2(out / f, done / f)
-    (done / "wall_seconds.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
+    cmd = [headgame_bin(), "prune", *COMMON, *STAGES[name], "--heal-tokens", str(tokens), "--threads", str(threads)]
+    # the healing runs keep their own checkpoints under OUT/heal: never wipe them
+    run_stage(name, done=RESULTS / name, marker="pruning.json", out=out, resume=(out / ".prune-state.safetensors").exists(),
+              command=cmd, keep=KEEP, restart=not (out / "heal").exists())
 
 
 def report() -> dict:
@@ -81,7 +66,7 @@ def main() -> int:
         for name in [s.strip() for s in args.stages.split(",") if s.strip()]:
             if name not in STAGES:
                 raise SystemExit(f"error: unknown stage {name}; choose from {', '.join(STAGES)}")
-            run_stage(name, args.tokens, Path(args.work), args.threads)
+            heal_stage(name, args.tokens, Path(args.work), args.threads)
     print(json.dumps(report(), indent=1)[:2000])
     return 0
 
