@@ -18,7 +18,7 @@ RUN    := $(if $(DATA_DIR),HEADGAME_DATA_DIR=$(abspath $(DATA_DIR)) ,)
 
 DEMO_OUT ?= demo-out
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench clean reproduce-game-lora reproduce-gt-fep
 
 setup: $(STAMP)
 
@@ -40,6 +40,14 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(RUN)$(BIN)/python benchmarks/analyze_overhead.py
+
+# The published reproductions (docs/reproduction/): multi-hour, resumable; rerun to continue, commit
+# the small stage files as they finish (the adapters stay in the ignored .work folders).
+reproduce-game-lora: $(STAMP)
+	$(RUN)$(BIN)/headgame reproduce game-lora --model smollm2-135m --preset cpu --out docs/reproduction/game-lora-cpu
+
+reproduce-gt-fep: $(STAMP)
+	$(RUN)$(BIN)/headgame reproduce gt-fep --preset cpu --out docs/reproduction/gt-fep-cpu
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache
