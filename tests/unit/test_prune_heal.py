@@ -194,11 +194,15 @@ def test_train_refuses_game_lora_at_an_unevenly_pruned_design_layer(root, tmp_pa
         run(root, "uneven", tmp_path / "g", method="game-lora", extra_train={"val_every": 0, "design_layers": [1]})
 
 
-def test_analyze_loads_the_healed_unevenly_pruned_folder(root, healed, tmp_path):
+def test_eval_and_analyze_load_the_healed_unevenly_pruned_folder(root, healed, tmp_path):
     """Each layer is its own game with the heads it kept (layer 1: 3 of 4, unevenly over the groups)."""
     import headgame
+    from headgame.evaluate.config import EvalConfig
+    from headgame.evaluate.runner import load_for_eval
 
     out, _ = healed
+    model, _, info = load_for_eval(EvalConfig(model=str(out / "model"), device="cpu"), say=lambda m: None)
+    assert info["kind"] == "pruned" and torch.isfinite(logits(model)).all()
     res = headgame.analyze(model=str(out / "model"), data=str(root / "corpus.txt"), max_tokens=128, seq_len=32, batch_size=2,
                            redundancy=False, device="cpu", out=str(tmp_path / "a"))
     assert [len(l["G"]) for l in res.data["layers"]] == [2, 3]
