@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -105,6 +106,8 @@ def test_a_killed_run_continues_where_it_stopped(tmp_path, monkeypatch):
     assert (out / "models" / "ce-seed42" / "stage.json").exists()
     assert not (out / "models" / "game-lora-seed42" / "stage.json").exists()
     assert (out / "models" / "game-lora-seed42" / "eval.json").exists()
+    elsewhere = tmp_path / "clone"  # the committed small files alone, on another machine
+    shutil.copytree(out, elsewhere, ignore=shutil.ignore_patterns(".work"))
     for n in calls:
         calls[n] = 0
         monkeypatch.setattr(headgame, n, counting(n))
@@ -112,6 +115,12 @@ def test_a_killed_run_continues_where_it_stopped(tmp_path, monkeypatch):
     # ce-seed42 reused; game-lora-seed42 analysed, then its checkpoint evaluated and analysed; the
     # seed-43 models in full (train, 2 evals and an analysis for the model and for its checkpoint)
     assert calls == {"train": 2, "evaluate": 2 + 2 * 4, "analyze": 2 + 2 * 2}
+    for n in calls:
+        calls[n] = 0
+    reproduce(elsewhere, stages="main")
+    # without the work folder game-lora-seed42's adapter is gone: it is trained again (its finished
+    # evaluation is kept), the rest as above
+    assert calls == {"train": 3, "evaluate": 2 + 2 * 4, "analyze": 2 + 2 * 2}
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path):

@@ -237,6 +237,14 @@ def _write(path: Path, data: dict[str, Any]) -> None:
     write_json_atomic(path, data)
 
 
+def _needs_adapter(folder: Path, checkpoints: int) -> bool:
+    """Whether some measurement of a model stage still needs its adapter (or its checkpoints')."""
+    if not all((folder / f).exists() for f in ("eval.json", "analysis.json", "poa.json")):
+        return True
+    done = list((folder / "checkpoints").glob("step-*/analysis.json")) if (folder / "checkpoints").is_dir() else []
+    return len(done) < checkpoints
+
+
 def summarise_model(folder: Path) -> dict[str, Any]:
     """Scores per task, Γ and the coalition test at the design layer, from a model folder's files."""
     ev = json.loads((folder / "eval.json").read_text())
@@ -262,6 +270,12 @@ def run_model(store: StageStore, ctx: Context, spec: ModelSpec) -> dict[str, Any
         if spec.method:
             train_dir = work / "train"
             summary_file = folder / "train_summary.json"
+            adapter = train_dir / "adapter"
+            if summary_file.exists() and not adapter.is_dir() and _needs_adapter(folder, ctx.preset.checkpoints):
+                # the stage's small files came without its work folder (another machine): train again,
+                # with the same seed and data, and measure what is missing
+                ctx.say(f"{spec.stage}: its adapter is not here and some measurements are missing; training it again")
+                summary_file.unlink()
             if not summary_file.exists():
                 t0 = time.perf_counter()
                 steps = ctx.steps()
@@ -280,10 +294,6 @@ def run_model(store: StageStore, ctx: Context, spec: ModelSpec) -> dict[str, Any
             summary = json.loads(summary_file.read_text())
             result["train"] = {k: summary.get(k) for k in ("steps", "tokens", "seconds", "tokens_per_s", "final_val_loss",
                                                           "design_layers", "abt_layers", "ldb_layers")}
-            adapter = train_dir / "adapter"
-            if not adapter.is_dir() and not (folder / "eval.json").exists():
-                raise HeadgameError(f"{spec.stage}: the adapter {adapter} is gone but the model was never evaluated; "
-                                    f"delete {folder / 'train_summary.json'} to train it again")
         result["cost"] = _eval_and_analyze(ctx, adapter, folder, work)
         result.update(summarise_model(folder))
         poa_json = folder / "poa.json"
