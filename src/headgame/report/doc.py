@@ -57,7 +57,7 @@ class Doc:
                 out.append("| " + " | ".join(headers) + " |")
                 out.append("|" + "|".join("---" for _ in headers) + "|")
                 out += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
-                out += ([f"", f"{note}"] if note else []) + [""]
+                out += (["", note] if note else []) + [""]
             elif kind == "figure":
                 name, _, caption = val
                 out += [f"![{caption}]({name})", "", f"*{caption}*", ""]

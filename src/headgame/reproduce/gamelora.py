@@ -11,7 +11,6 @@ folder and are deleted once the stage's small JSON results exist.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from dataclasses import dataclass, field

@@ -98,6 +98,8 @@ def _plot_regression(points: list[dict], fit: dict) -> bytes:
 def _plot_deltas(t1: dict) -> bytes:
     import io
 
+    from headgame.reproduce.gamelora_sections import _paper_delta
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -110,9 +112,7 @@ def _plot_deltas(t1: dict) -> bytes:
     lo = d - np.array([r["delta_ci95"][0] for r in rows])
     hi = np.array([r["delta_ci95"][1] for r in rows]) - d
     ax.errorbar(x, d, yerr=[lo, hi], fmt="o", color="C0", capsize=3, label="ours (95 % item-bootstrap interval)")
-    paper = [PAPER_TABLE1.get(r["task"]) for r in rows]
-    pd = [((m - b) / b * 100 * (1 if r["higher_is_better"] else -1)) if p else math.nan
-          for r, p in zip(rows, paper) for b, m in [p or (1, 1)]]
+    pd = [_paper_delta(r["task"], PAPER_TABLE1, r["higher_is_better"]) for r in rows]
     ax.scatter(x, pd, marker="x", color="C3", label="paper (Qwen2.5-0.5B)")
     ax.axhline(0, color="#999", lw=0.8)
     ax.set_xticks(x, [r["label"] for r in rows], rotation=45, ha="right", fontsize=8)
