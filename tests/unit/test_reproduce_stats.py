@@ -68,11 +68,16 @@ def test_regression_matches_numpy_and_the_t_test():
 
 def test_halluc_error_and_answer_shares():
     assert halluc_error({"a": 0.25, "b": 0.75, "c": 0.1}, ("a", "b")) == pytest.approx(0.5)
-    data = {"tasks": {"judge": {"items": [{"id": i, "num": 1, "den": 1, "verdict": v, "gold": g}
-                                          for i, (v, g) in enumerate(zip(["No"] * 19 + ["Yes"], ["No"] * 12 + ["Yes"] * 8))]}}}
-    a = answer_shares(data)["judge"]
+    data = {"tasks": {"halueval_qa": {"items": [{"id": i, "num": 1, "den": 1, "verdict": v, "gold": g}
+                                                for i, (v, g) in enumerate(zip(["No"] * 19 + ["Yes"], ["No"] * 12 + ["Yes"] * 8))]},
+                      # likelihood of whole answers: the gold index is a file position (always 0 in TruthfulQA)
+                      "truthfulqa_mc1": {"items": [{"id": i, "num": 0, "den": 1, "pred": i % 3, "gold": 0} for i in range(9)]}}}
+    shares = answer_shares(data)
+    a = shares["halueval_qa"]
     assert a["top_answer"] == "no" and a["top_share"] == pytest.approx(0.95) and a["dominated"]
     assert a["majority_label"] == "No" and a["majority_baseline"] == pytest.approx(0.6)
+    t = shares["truthfulqa_mc1"]
+    assert "majority_baseline" not in t and t["top_share"] == pytest.approx(1 / 3) and not t["dominated"]
 
 
 def test_stage_store_reuses_reruns_on_new_settings_and_trusts_only_its_own_partial_files(tmp_path):

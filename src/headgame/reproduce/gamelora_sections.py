@@ -16,8 +16,12 @@ def _ci(ci: list[float]) -> str:
     return f"[{fmt(ci[0], 1)}, {fmt(ci[1], 1)}]"
 
 
-def _p(p: float) -> str:
-    return fmt(p) + (" *" if math.isfinite(p) and p < 0.05 else "")
+def _p(p: float, resamples: int | None = None) -> str:
+    """A p value; a bootstrap's 0 (no resample crossed zero) as '< 1/resamples'."""
+    star = " *" if math.isfinite(p) and p < 0.05 else ""
+    if p == 0 and resamples:
+        return f"< {fmt(1 / resamples)}{star}"
+    return fmt(p) + star
 
 
 def _paper_delta(task: str, paper: dict, hib: bool) -> float:
@@ -58,11 +62,11 @@ def _table1(doc: Doc, r: dict, t1: dict | None) -> None:
         rows.append([row["label"], fmt(paper[0]) if paper else "–", fmt(paper[1]) if paper else "–",
                      fmt(_paper_delta(row["task"], r["paper_table1"], row["higher_is_better"]), 1),
                      _pm(row["base_mean"], row["base_sd"]), _pm(row["method_mean"], row["method_sd"]),
-                     fmt(row["delta"], 1), _ci(row["delta_ci95"]), _p(row["p"]), row["test"], str(row["n_items"])])
+                     fmt(row["delta"], 1), _ci(row["delta_ci95"]), _p(row["p"], t1.get("resamples")), row["test"], str(row["n_items"])])
     for group, agg in t1["aggregates"].items():
         paper = r["paper_aggregates"].get(group)
         rows.append([agg["label"], "", "", fmt(paper, 1) if paper is not None else "–", "", "", fmt(agg["delta"], 1),
-                     _ci(agg["ci95"]), _p(agg.get("p_two_sided", math.nan)), f"{agg['n_tasks']} tasks", ""])
+                     _ci(agg["ci95"]), _p(agg.get("p_two_sided", math.nan), t1.get("resamples")), f"{agg['n_tasks']} tasks", ""])
     doc.table(["task", "paper base", "paper GAME", "paper Δ%", "LoRA-CE (mean ± sd)", "GAME-LoRA", "Δ%", "95 % CI of Δ",
                "p", "test (pooled over seeds)", "items"], rows,
               note=f"{t1['n_seeds']} seed(s) ({', '.join(map(str, r['table1_seeds']))}). Δ% = relative change of the seed means, "
@@ -151,7 +155,9 @@ def _answers(doc: Doc, r: dict) -> None:
     doc.table(["task", "models", "top-answer share (mean)", "max", "top answers", "majority-label baseline",
                "models with one answer ≥ 95 %", "carries signal"], rows,
               note="A task where one answer covers ≥ 95 % of the items for most models measures the label balance, not the "
-                   "model: its accuracy is then about the majority-label baseline (or its complement).")
+                   "model: its accuracy is then about the majority-label baseline (or its complement). Tasks scored by the "
+                   "likelihood of whole answers (MemoTrap, TruthfulQA, Winogrande) have no such baseline: their answer is an "
+                   "option's position in the data file, which the model never sees (TruthfulQA's gold is always the first).")
 
 
 def _cost(doc: Doc, r: dict) -> None:

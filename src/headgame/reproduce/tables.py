@@ -129,7 +129,12 @@ def _answer(item: dict[str, Any]) -> Any:
 
 def answer_shares(ev: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Per task: the model's most frequent answer and its share; the majority-label baseline
-    (the accuracy of always giving the most frequent gold answer) where items carry a label."""
+    (the accuracy of always giving the most frequent gold answer) where the model answers with a
+    label (``Task.labels``: Yes/No, A-D). Tasks scored by the likelihood of whole answers get
+    none: their gold index is a position in the data file (TruthfulQA's is always 0), which the
+    model never sees."""
+    from headgame.evaluate.tasks import TASKS
+
     out = {}
     for name, task in ev["tasks"].items():
         items = task.get("items", [])
@@ -139,7 +144,8 @@ def answer_shares(ev: dict[str, Any]) -> dict[str, dict[str, Any]]:
             top, count = Counter(map(str, answers)).most_common(1)[0]
             row.update(top_answer=top, top_share=count / len(items))
         golds = [str(it["gold"]) for it in items if it.get("gold") is not None]
-        if golds:
+        task_cls = TASKS.get(name) if name in TASKS else None
+        if golds and task_cls is not None and task_cls.labels:
             g, count = Counter(golds).most_common(1)[0]
             row.update(majority_label=g, majority_baseline=count / len(golds))
         row["dominated"] = bool(row.get("top_share", 0.0) >= DOMINANT)

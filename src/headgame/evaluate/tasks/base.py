@@ -47,6 +47,9 @@ class Task:
     binary: ClassVar[bool] = True  # per-item outcome is 0/1 (McNemar applies)
     transform: ClassVar[str] = "identity"  # or "exp" (perplexity)
     description: ClassVar[str] = ""
+    labels: ClassVar[bool] = False
+    """The model picks one of a few fixed labels (Yes/No, A-D), so always giving the most frequent
+    gold label is a baseline; False where it scores whole answers, whose order it never sees."""
 
     def __init__(self, options: TaskOptions | None = None) -> None:
         self.options = options or TaskOptions()

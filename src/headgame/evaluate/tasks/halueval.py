@@ -77,6 +77,7 @@ class _HaluEval(Task):
     group = "halluc"
     kind = "generate"
     metric = "acc"
+    labels = True
     file: ClassVar[str]
     package_file: ClassVar[str]
     hub_config: ClassVar[str]

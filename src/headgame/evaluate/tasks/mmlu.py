@@ -78,6 +78,7 @@ class MMLU(Task):
     group = "knowledge"
     kind = "loglikelihood"
     metric = "acc"
+    labels = True
     description = "MMLU, 57 subjects, few-shot from dev (default 5), log-likelihood over A-D"
 
     def candidates(self) -> list[Any]:
