@@ -49,6 +49,8 @@ def flat_metrics(res: dict[str, Any]) -> dict[str, float | None]:
         if p.get("available"):
             out[f"ppl_{name}"] = p["ppl"]
             out[f"ppl_{name}_change"] = p.get("change_rel")
+        if p.get("embedding"):  # encoders: cosine of the sentence embeddings with the unpruned model's
+            out[f"cos_{name}"] = p["embedding"]["cosine_mean"]
     if res.get("epsilon_nash"):
         out["epsilon_bits"] = res["epsilon_nash"]["epsilon_bits"]
     return out
@@ -81,7 +83,9 @@ def compact(result: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     """A table that fits an 80-column terminal: pruned heads, FLOP cut, speed-up (measured /
     FLOP-implied) and each perplexity with its change; random shows its mean over seeds."""
     sets = [s["name"] for s in result.get("data", {}).get("perplexity_sets", [])]
-    header = ["model", "heads", "FLOPs−%", "speed-up"] + [f"{s} ppl" for s in sets]
+    base = flat_metrics({**result["base"], "n_pruned": 0})
+    cos_sets = [s for s in sets if f"cos_{s}" in base]  # encoders: sentence-embedding cosine with the unpruned model
+    header = ["model", "heads", "FLOPs−%", "speed-up"] + [f"{s} ppl" for s in sets] + [f"{s} cos" for s in cos_sets]
 
     def mean(values: Mapping[str, Any], key: str) -> Any:
         v = values.get(key)
@@ -92,9 +96,9 @@ def compact(result: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
         for name in sets:
             ppl, change = mean(values, f"ppl_{name}"), mean(values, f"ppl_{name}_change")
             cells.append(_fmt(ppl, "f2") + ("" if change is None else f" {100 * change:+.0f}%"))
-        return cells
+        return cells + [_fmt(mean(values, f"cos_{name}"), "f4") for name in cos_sets]
 
-    rows = [row("unpruned", flat_metrics({**result["base"], "n_pruned": 0}), "1.000")]
+    rows = [row("unpruned", base, "1.000")]
     for name, res in result.get("results", {}).items():
         values = res["summary"] if name == "random" else flat_metrics(res)
         measured, implied = mean(values, "measured_speedup"), mean(values, "flop_implied_speedup")
@@ -107,9 +111,10 @@ def table(result: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the comparison table."""
     sets = [s["name"] for s in result.get("data", {}).get("perplexity_sets", [])]
     cols = list(COLUMNS) + [(f"{s} ppl", f"ppl_{s}", "f2") for s in sets] + [(f"{s} ppl Δ%", f"ppl_{s}_change", "pct") for s in sets]
+    base = flat_metrics({**result["base"], "n_pruned": 0})
+    cols += [(f"{s} emb. cos", f"cos_{s}", "f4") for s in sets if f"cos_{s}" in base]
     cols.append(("ε (bits)", "epsilon_bits", "f3"))
     header = ["model"] + [c[0] for c in cols]
-    base = flat_metrics({**result["base"], "n_pruned": 0})
     rows = [["unpruned"] + [_cell(base, key, kind) if key not in ("measured_speedup", "flop_implied_speedup") else "1.000"
                             for _, key, kind in cols]]
     for name, res in result.get("results", {}).items():

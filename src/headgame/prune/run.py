@@ -139,6 +139,7 @@ def _prune(cfg: PruneConfig, loaded: Any, t_start: float, *, resume: bool = Fals
            console: Any = None) -> dict[str, Any]:
     from headgame.data.texts import load_sequences, resolve_source
     from headgame.info.analysis import InfoOptions
+    from headgame.measure.fidelity import fidelity, sentence_embeddings
     from headgame.measure.perplexity import perplexity
     from headgame.measure.symbols import collect_symbols
     from headgame.models.surgery import pruned_copy, save_pruned
@@ -256,16 +257,28 @@ def _prune(cfg: PruneConfig, loaded: Any, t_start: float, *, resume: bool = Fals
 
         # ---------------------------------------------------------- perplexity
         ppl: dict[str, dict[str, Any]] = {name: dict(state.ppl.get(name, {})) for name in models}
-        todo = sum(1 for es in evalsets for n in models if es.name not in ppl[n])
+        encoder = not layout.causal  # also the cosine of its sentence embeddings with the unpruned model's
+
+        def missing(name: str, es: Any) -> bool:
+            return es.name not in ppl[name] or (encoder and "embedding" not in ppl[name][es.name])
+
+        todo = sum(1 for es in evalsets for n in models if missing(n, es))
         stages.start("perplexity", f"{len(models)} models x {len(evalsets)} sets ({todo} to measure) of "
                      f"{' + '.join(f'{es.seqs.n_tokens:,}' for es in evalsets) or 0} tokens",
                      sum(es.seqs.n_tokens for es in evalsets) * todo / max(1, len(evalsets)))
         for es in evalsets:
+            reference = None  # the unpruned model's sentence embeddings of this set (encoders)
             for i, (name, m) in enumerate(models.items()):
                 step(f"perplexity {es.name}", i, len(models), label=f"measuring {shown[name]} · perplexity {es.name}")
-                if es.name not in ppl[name]:
-                    ppl[name][es.name] = perplexity(m, layout, tok, es, batch_size=cfg.batch_size, seeds=cfg.pseudo_ppl_seeds,
-                                                    mlm_proxy=cfg.mlm_proxy)
+                if missing(name, es):
+                    entry = dict(ppl[name].get(es.name) or perplexity(
+                        m, layout, tok, es, batch_size=cfg.batch_size, seeds=cfg.pseudo_ppl_seeds, mlm_proxy=cfg.mlm_proxy))
+                    if encoder:
+                        if reference is None:
+                            reference = sentence_embeddings(model, es.seqs, batch_size=cfg.batch_size)
+                        emb = reference if m is model else sentence_embeddings(m, es.seqs, batch_size=cfg.batch_size)
+                        entry["embedding"] = fidelity(emb, reference)
+                    ppl[name][es.name] = entry
                     state.ppl = ppl
                     state.save(ctx.cache, notes)
                 last = ppl[name][es.name].get("ppl")
