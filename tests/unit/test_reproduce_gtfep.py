@@ -114,6 +114,10 @@ def test_every_table_is_there_and_every_number_comes_from_a_stage_file(runs):
         assert {f"triples/{m}", f"curves/{m}", f"views/{m}", f"overlap/{m}"} <= ids
     assert "heal/tiny-llama" in ids and "heal/tiny-bert" not in ids and "claims" in ids
     assert "encoder" in rep["skipped"]["gt-fep/tiny-bert/heal"]
+    enc = next(t for t in rep["tables"] if t["id"] == "curves/tiny-bert")  # an encoder: its sentence-embedding cosine
+    cos_cols = [c for c in enc["columns"] if c.startswith("cos_")]
+    assert cos_cols and all(0 < dict(zip(enc["columns"], r))[c] <= 1 + 1e-6 for r in enc["rows"] for c in cos_cols)
+    assert not any(c.startswith("cos_") for t in rep["tables"] if t["id"] == "curves/tiny-llama" for c in t["columns"])
     for t in rep["tables"]:
         assert t["rows"] and t["sources"], t["id"]
         pool = []

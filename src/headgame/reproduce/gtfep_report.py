@@ -53,11 +53,13 @@ def triple_table(slug: str, src: str, r: dict[str, Any]) -> dict[str, Any]:
 
 def curve_table(slug: str, src: str, r: dict[str, Any], model: str) -> dict[str, Any]:
     sets = r["sets"]
+    cos = [s for s in sets if any(f"cos_{s}" in pt for pt in r["points"])]  # encoders
     cols = ["criterion", "fraction", "n_pruned", *[f"{k}{s}{e}" for s in sets for k, e in (("ppl_", ""), ("ppl_", "_sd"),
                                                                                           ("ppl_", "_change"))],
-            "measured_speedup", "speedup_paired_min", "speedup_paired_max", "flop_implied_speedup",
+            *[f"cos_{s}" for s in cos], "measured_speedup", "speedup_paired_min", "speedup_paired_max", "flop_implied_speedup",
             "flops_whole_analytic", "flops_attention_analytic"]
     rows = [["unpruned", None, None, *[v for s in sets for v in (r["base"]["perplexity"].get(s, {}).get("ppl"), None, None)],
+             *[(r["base"]["perplexity"].get(s, {}).get("embedding") or {}).get("cosine_mean") for s in cos],
              None, None, None, None, None, None]]
     for pt in r["points"]:
         rnd = pt["criterion"] == "random"
@@ -74,7 +76,9 @@ def curve_table(slug: str, src: str, r: dict[str, Any], model: str) -> dict[str,
     return _table(f"curves/{slug}", f"{model}: pruning curves", [src], cols, rows,
                   f"{kinds}. Random: mean, sd over its seeds. measured_speedup: median paired base time / pruned time of the "
                   f"forward pass on {(r.get('device') or {}).get('device')}, with the range of the paired rounds; flops_*: "
-                  f"reduction of the {WHOLE} of {r['base'].get('flops_seq_len')} tokens, and of the attention blocks alone.")
+                  f"reduction of the {WHOLE} of {r['base'].get('flops_seq_len')} tokens, and of the attention blocks alone."
+                  + (" cos_*: mean cosine of each sequence's mean-pooled sentence embedding with the unpruned model's "
+                     "(1 = unchanged; the measure that fits a sentence encoder)." if cos else ""))
 
 
 def heal_table(slug: str, src: str, r: dict[str, Any], model: str) -> dict[str, Any]:

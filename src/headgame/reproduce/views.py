@@ -257,6 +257,8 @@ def prune_metrics(res: Mapping[str, Any]) -> dict[str, Any]:
     for name, p in (res.get("perplexity") or {}).items():
         out[f"ppl_{name}"] = _num(p.get("ppl")) if p.get("available") else None
         out[f"ppl_{name}_change"] = _num(p.get("change_rel")) if p.get("available") else None
+        if p.get("embedding"):  # encoders: sentence-embedding cosine with the unpruned model
+            out[f"cos_{name}"] = _num(p["embedding"].get("cosine_mean"))
     return out
 
 
@@ -286,7 +288,7 @@ def prune_points(pruning: Mapping[str, Any]) -> dict[str, Any]:
     sets = [s["name"] for s in _get(pruning, "data", "perplexity_sets") or []]
     return {
         "primary": pruning.get("primary"), "fractions": sorted(float(f) for f in by_f), "sets": sets,
-        "base": {"perplexity": {s: {k: base["perplexity"][s].get(k) for k in ("available", "kind", "ppl", "n_tokens", "reason")}
+        "base": {"perplexity": {s: {k: base["perplexity"][s].get(k) for k in ("available", "kind", "ppl", "n_tokens", "reason", "embedding")}
                                 for s in base.get("perplexity", {})},
                  "flops_analytic": _get(base, "flops", "analytic", "total"), "flops_attention_analytic": _get(base, "flops", "analytic", "attention"),
                  "flops_seq_len": _get(base, "flops", "analytic", "seq_len"),
