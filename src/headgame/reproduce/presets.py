@@ -87,8 +87,9 @@ GAME_LORA: dict[str, GameLoraPreset] = {
         "cpu", None, (42, 43, 44), train_tokens=120_000, seq_len=256, batch_size=4, grad_accum=2, lr=3e-4, n_items=100,
         mmlu_shots=0, analyze_tokens=16_384, analyze_seq_len=256, ablations=(), checkpoints=0, pretrained=False,
         wikitext_docs=16,
-        why="6 models (ce and game-lora × 3 seeds) of SmolLM2-135M on 2 CPU cores in about 2.5 hours (the first "
-            "stage, ce-seed42, took 21 min: 8 to train, 11.4 to evaluate, 1 to analyse). Training: 120k tokens each "
+        why="6 models (ce and game-lora × 3 seeds) of SmolLM2-135M on 2 CPU cores in about 2.5 hours (measured: "
+            "2.46 h for the six stages, 20.7-24.2 min each on a quiet machine: 8-11.5 to train, 11.5 to evaluate, 1 to "
+            "analyse, 0.3 for the PoA constants). Training: 120k tokens each "
             "(55 steps of 4 × 256 × 2 tokens; ~11 min for game-lora at the measured 5.5 s per 1,024-token step against "
             "4.1 s for ce). Evaluation: the first 100 items of the spec's seeded "
             "N = 1024 draw per task, so the items are a subset of the gpu preset's; one accuracy near 0.5 then has a 95 % "
