@@ -123,4 +123,9 @@ def test_minilm_dividends_and_no_pseudo_perplexity(tmp_path, corpus):
     res = json.loads((tmp_path / "p" / "pruning.json").read_text())
     p = res["results"]["fep"]["perplexity"]["wikitext2"]
     assert p["available"] is False and "no masked-LM head" in p["reason"]
+    # the measure that fits a sentence encoder: its embeddings against the unpruned model's
+    base_cos = res["base"]["perplexity"]["wikitext2"]["embedding"]
+    assert base_cos["cosine_mean"] == pytest.approx(1.0, abs=1e-5) and base_cos["n_sequences"] >= 2
+    cos = p["embedding"]
+    assert -1.0 <= cos["cosine_min"] <= cos["cosine_mean"] < 1.0 and cos["n_sequences"] == base_cos["n_sequences"]
     assert np.isfinite(res["results"]["fep"]["flops"]["analytic"]["reduction_total"])
