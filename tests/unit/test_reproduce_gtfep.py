@@ -224,6 +224,25 @@ def test_report_of_other_settings_lists_every_stage_missing(runs, tmp_path):
     assert "Not finished" in (out / "report.md").read_text()
 
 
+def test_cli_says_it_wrote_the_report_only_when_it_did(runs, tmp_path, capsys, monkeypatch):
+    import headgame
+    from headgame.cli import main
+
+    out = tmp_path / "copy"
+    shutil.copytree(runs["out"], out)
+    for f in ("report.md", "report.html", "report.json"):
+        (out / f).unlink()
+    for name in ("fep", "prune", "analyze", "train"):
+        monkeypatch.setattr(headgame, name, _refuse)
+    argv = ["reproduce", "gt-fep", "--preset", "tiny", "--out", str(out), "--data-dir", str(DATA), "--device", "cpu",
+            "--no-progress"]
+    assert main([*argv, "--stages", "fep"]) == 0
+    assert "wrote" not in capsys.readouterr().out and not (out / "report.html").exists()
+    assert main([*argv, "--stages", "report"]) == 0
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("wrote ")]
+    assert said == [f"wrote {out / 'report.html'} (and report.md, report.json)"] and (out / "report.html").is_file()
+
+
 def test_beyond_alone_runs_its_fep_stage_first(tmp_path):
     import torch
 

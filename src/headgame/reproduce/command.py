@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
     apply_threads(args)
     cfg = config_from_args(args, ReproduceConfig, paper=args.paper)
-    report = run_reproduce(cfg, progress=not args.no_progress, console=Console(stderr=True))
-    if report:
+    run_reproduce(cfg, progress=not args.no_progress, console=Console(stderr=True))
+    if "report" in cfg.stage_list():  # --stages without report writes none
         print(f"wrote {os.path.join(os.path.abspath(cfg.out), 'report.html')} (and report.md, report.json)")
     return 0
