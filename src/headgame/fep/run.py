@@ -227,7 +227,7 @@ def _fep(cfg: FepConfig, loaded: Any, layers: list[int], source: str, t_start: f
             "bootstrap": f"{cfg.ci_method} intervals over sequences; a resample repeats sequences, which lowers plug-in "
                          "joint entropies and shifts every resampled quantity; the basic interval (2θ̂ − q_hi, 2θ̂ − q_lo) "
                          "corrects that shift; where the shift exceeds the resamples' spread neither interval contains the estimate "
-                         "(the percentile one lies below it, the basic one beyond it)",
+                         "(the two lie on opposite sides of it)",
             "fep_score": "m_i^(≤3) truncates H(X_i | rest) at order 3 (docs/formulas.md); where a layer's pair and triple dividends are "
                          "large the truncation leaves [0, H_i] (it can be negative or exceed H_i), so ε and global rankings "
                          "across layers inherit that error; fep-exact is bounded but saturates",

@@ -47,8 +47,9 @@ def triple_table(slug: str, src: str, r: dict[str, Any]) -> dict[str, Any]:
     return _table(f"triples/{slug}", f"{r['model']}: sign of the triple dividends (bits)", [src], cols, rows,
                   f"{r['data']['n_observations']} observations per layer from {r['data']['n_sequences']} sequences of "
                   f"{r['data']['source']}. Wilson: 95 % interval treating triples as independent (they share heads); bootstrap: "
-                  "95 % over sequences (fep.json), basic (reflected) intervals that undo the downward shift resampling gives plug-in "
-                  "entropies, so where that shift exceeds the spread they lie beyond the estimate (docs/formulas.md#bootstrap). Wilcoxon signed-rank against 0, one-sided (H1: median < 0) and two-sided; "
+                  "95 % over sequences (fep.json), basic (reflected) intervals that undo the shift resampling gives plug-in "
+                  "entropies, so where that shift exceeds the spread they lie beyond the estimate (docs/formulas.md#bootstrap). "
+                  "Wilcoxon signed-rank against 0, one-sided (H1: median < 0) and two-sided; "
                   "n_near_zero: |D| < 1e-9 bits, whose sign is rounding noise.")
 
 

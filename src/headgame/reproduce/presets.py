@@ -125,8 +125,7 @@ GT_FEP: dict[str, GtFepPreset] = {
             "4,096 perplexity tokens per set (MiniLM, which has no MLM head: the tied-embedding pseudo-perplexity "
             "proxy, 2 maskings); healing on 100k tokens at 20 % of the causal models (the pruned model and the "
             "unpruned control each: 200k tokens took 73 min for the pair on SmolLM2, benchmarks/prune_heal.py, and "
-            "Gemma-3-270M's 262k-token vocabulary makes a step about twice as costly, so 200k would add ~4 h; "
-            "benchmarks/prune_heal.py measures the 200k budget on SmolLM2)"),
+            "Gemma-3-270M's 262k-token vocabulary makes a step about twice as costly, so 200k would add ~4 h)"),
     "cpu-full": GtFepPreset(
         "cpu-full", ("smollm2-135m", "minilm-l6", "gemma3-270m"), (0.05, 0.1, 0.2, 0.3, 0.4),
         ("fep", "gtfep-authors", "random", "ablation", "michel", "attention-entropy", "fep-mm", "fep-cs", "fep-layer",
